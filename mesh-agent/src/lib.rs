@@ -1,0 +1,4 @@
+//! Weft's node agent as a library: the `mesh-agent` binary is only its CLI.
+//! Modules follow DESIGN §3, one concern each.
+
+pub mod cli;

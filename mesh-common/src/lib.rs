@@ -1,0 +1,173 @@
+//! Map layouts and constants shared by the kernel programs (`mesh-ebpf`) and the
+//! agent (`mesh-agent`). Every type here is `#[repr(C)]` with explicit padding so
+//! both sides agree byte for byte; the agent gets `aya::Pod` impls through the
+//! `user` feature.
+#![no_std]
+
+/// `SO_MARK` carried by every socket the agent creates. The kernel programs never
+/// redirect a socket with this mark, so the agent cannot capture itself.
+pub const AGENT_MARK: u32 = 0x5745;
+
+/// Agent listener ports inside every meshed pod's network namespace.
+pub const OUTBOUND_PORT: u16 = 15001;
+pub const INBOUND_PLAINTEXT_PORT: u16 = 15006;
+pub const TUNNEL_PORT: u16 = 15008;
+
+/// Names of the maps, as the agent looks them up in the object and pins them.
+pub mod map_names {
+    pub const ENROLLED_NETNS: &str = "ENROLLED_NETNS";
+    pub const ORIG_DST_BY_COOKIE: &str = "ORIG_DST_BY_COOKIE";
+    pub const ORIG_DST_BY_PORT: &str = "ORIG_DST_BY_PORT";
+    pub const INBOUND_SOCKETS: &str = "INBOUND_SOCKETS";
+    pub const INBOUND_CONFIG: &str = "INBOUND_CONFIG";
+    pub const EXCLUDED_PORTS: &str = "EXCLUDED_PORTS";
+    pub const STATS: &str = "STATS";
+}
+
+/// Names of the programs (their Rust function names in `mesh-ebpf`).
+pub mod program_names {
+    pub const CONNECT4: &str = "weft_connect4";
+    pub const CONNECT6: &str = "weft_connect6";
+    pub const SOCKOPS: &str = "weft_sockops";
+    pub const GETPEERNAME4: &str = "weft_getpeername4";
+    pub const GETPEERNAME6: &str = "weft_getpeername6";
+    pub const SK_LOOKUP: &str = "weft_sk_lookup";
+}
+
+/// Value of `ENROLLED_NETNS` (key: netns cookie, `u64`): how a captured pod's
+/// outbound connections are redirected.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetnsConfig {
+    /// Port of the agent's outbound listener on loopback in that netns (host order).
+    pub outbound_port: u16,
+    pub _pad: [u8; 6],
+}
+
+/// An original destination as the application asked for it.
+///
+/// IPv4 is stored as an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`), so one layout
+/// serves both families. Address bytes are in network order, the port in host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OrigDst {
+    pub addr: [u8; 16],
+    pub port: u16,
+    /// `AF_INET` (2) or `AF_INET6` (10): the family of the application's socket.
+    pub family: u16,
+    pub _pad: [u8; 4],
+}
+
+impl OrigDst {
+    pub const fn v4(addr_be: [u8; 4], port: u16) -> Self {
+        let a = addr_be;
+        OrigDst {
+            addr: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3]],
+            port,
+            family: AF_INET,
+            _pad: [0; 4],
+        }
+    }
+
+    /// The IPv4 address bytes if this is an IPv4-mapped address.
+    pub fn as_v4(&self) -> Option<[u8; 4]> {
+        let a = &self.addr;
+        if a[..10] == [0; 10] && a[10] == 0xff && a[11] == 0xff {
+            Some([a[12], a[13], a[14], a[15]])
+        } else {
+            None
+        }
+    }
+}
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// Key of `ORIG_DST_BY_PORT`: the application's side of a redirected connection,
+/// as the agent sees it when it accepts on its outbound listener.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PortKey {
+    pub netns_cookie: u64,
+    /// The application socket's local port (host order).
+    pub port: u16,
+    pub _pad: [u8; 6],
+}
+
+impl PortKey {
+    pub const fn new(netns_cookie: u64, port: u16) -> Self {
+        PortKey {
+            netns_cookie,
+            port,
+            _pad: [0; 6],
+        }
+    }
+}
+
+/// Key of `INBOUND_SOCKETS` (a sockhash) and `INBOUND_CONFIG`: a pod IP, IPv4-mapped
+/// like [`OrigDst::addr`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PodIpKey {
+    pub addr: [u8; 16],
+}
+
+impl PodIpKey {
+    pub const fn v4(addr_be: [u8; 4]) -> Self {
+        let a = addr_be;
+        PodIpKey {
+            addr: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3]],
+        }
+    }
+}
+
+/// Value of `INBOUND_CONFIG`: what the pod's `sk_lookup` program must leave alone.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InboundConfig {
+    /// The node's own address as the pod sees it (kubelet probes come from it),
+    /// IPv4-mapped. All zero: none.
+    pub node_addr: [u8; 16],
+}
+
+/// Indexes into the per-CPU `STATS` array.
+pub mod stats {
+    pub const CONNECT_REDIRECTED: u32 = 0;
+    pub const CONNECT_SKIPPED_MARK: u32 = 1;
+    pub const INBOUND_STEERED: u32 = 2;
+    pub const ORIG_DST_PUBLISHED: u32 = 3;
+    pub const COUNT: u32 = 4;
+}
+
+#[cfg(feature = "user")]
+mod pod_impls {
+    // SAFETY: all of these are repr(C), made only of integers and byte arrays, with
+    // explicit padding fields, so every bit pattern is valid and there are no holes.
+    unsafe impl aya::Pod for super::NetnsConfig {}
+    unsafe impl aya::Pod for super::OrigDst {}
+    unsafe impl aya::Pod for super::PortKey {}
+    unsafe impl aya::Pod for super::PodIpKey {}
+    unsafe impl aya::Pod for super::InboundConfig {}
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(core::mem::size_of::<NetnsConfig>(), 8);
+        assert_eq!(core::mem::size_of::<OrigDst>(), 24);
+        assert_eq!(core::mem::size_of::<PortKey>(), 16);
+        assert_eq!(core::mem::size_of::<PodIpKey>(), 16);
+        assert_eq!(core::mem::size_of::<InboundConfig>(), 16);
+    }
+
+    #[test]
+    fn v4_mapped_round_trip() {
+        let d = OrigDst::v4([10, 96, 0, 10], 80);
+        assert_eq!(d.as_v4(), Some([10, 96, 0, 10]));
+        assert_eq!(d.family, AF_INET);
+    }
+}

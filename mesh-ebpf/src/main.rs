@@ -1,0 +1,309 @@
+//! Weft's kernel programs (DESIGN §2).
+//!
+//! - `connect4`/`connect6`: a TCP connect from an enrolled pod netns, by a socket the
+//!   agent did not mark, is rewritten to the agent's outbound listener on loopback in
+//!   that same netns; the original destination is saved under the socket cookie.
+//! - `sockops`: once such a connection is established, publish
+//!   `(netns cookie, local port) → original destination` for the agent, which only
+//!   sees that port when it accepts; delete both entries on close.
+//! - `getpeername4`/`6`: a redirected application sees its original peer.
+//! - `sk_lookup` (one per pod netns): inbound TCP from outside the pod goes to the
+//!   agent's plaintext inbound socket of that pod; the tunnel port is left alone.
+//!
+//! Every program returns "allow" on any unexpected input: a kernel program must
+//! never break a connection it does not understand, except where failing closed is
+//! the point (inbound to a captured pod whose agent socket is gone).
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::{
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_TCP_CLOSE, bpf_sock_addr, sk_action,
+    },
+    helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    macros::{cgroup_sock_addr, map, sk_lookup, sock_ops},
+    maps::{HashMap, LruHashMap, PerCpuArray, SockHash},
+    programs::{SkLookupContext, SockAddrContext, SockOpsContext},
+    EbpfContext,
+};
+use aya_log_ebpf::debug;
+use mesh_common::{
+    stats, InboundConfig, NetnsConfig, OrigDst, PodIpKey, PortKey, AF_INET, AF_INET6, AGENT_MARK,
+    TUNNEL_PORT,
+};
+
+const IPPROTO_TCP: u32 = 6;
+const MAX_PODS: u32 = 4096;
+const MAX_CONNECTIONS: u32 = 65536;
+
+/// Netns cookie → how to redirect. Present means "this pod is captured".
+#[map]
+static ENROLLED_NETNS: HashMap<u64, NetnsConfig> = HashMap::with_max_entries(MAX_PODS, 0);
+
+/// Socket cookie → original destination, written at connect time.
+#[map]
+static ORIG_DST_BY_COOKIE: LruHashMap<u64, OrigDst> =
+    LruHashMap::with_max_entries(MAX_CONNECTIONS, 0);
+
+/// (netns cookie, application's local port) → original destination, for the agent.
+#[map]
+static ORIG_DST_BY_PORT: LruHashMap<PortKey, OrigDst> =
+    LruHashMap::with_max_entries(MAX_CONNECTIONS, 0);
+
+/// Destination ports never captured (host order), e.g. the API server's.
+#[map]
+static EXCLUDED_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(256, 0);
+
+/// Pod IP → the agent's plaintext inbound (15006) socket for that pod.
+#[map]
+static INBOUND_SOCKETS: SockHash<PodIpKey> = SockHash::with_max_entries(MAX_PODS, 0);
+
+/// Pod IP → what its sk_lookup program must leave alone.
+#[map]
+static INBOUND_CONFIG: HashMap<PodIpKey, InboundConfig> = HashMap::with_max_entries(MAX_PODS, 0);
+
+/// Counters, indexed by `mesh_common::stats`.
+#[map]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::COUNT, 0);
+
+#[inline(always)]
+fn count(index: u32) {
+    if let Some(slot) = STATS.get_ptr_mut(index) {
+        // SAFETY: a per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// The socket's `SO_MARK`, or 0 when the kernel gives no socket.
+#[inline(always)]
+fn socket_mark(sa: *const bpf_sock_addr) -> u32 {
+    // SAFETY: the verifier only lets us read `sk` as a nullable socket pointer.
+    unsafe {
+        let sk = (*sa).__bindgen_anon_1.sk;
+        if sk.is_null() { 0 } else { (*sk).mark }
+    }
+}
+
+/// The redirect config of the calling socket's netns if it is an unmarked TCP socket
+/// in an enrolled pod.
+#[inline(always)]
+fn capture_config(ctx: &SockAddrContext) -> Option<NetnsConfig> {
+    let sa = ctx.sock_addr;
+    // SAFETY: ctx fields are readable in cgroup/connect hooks.
+    if unsafe { (*sa).protocol } != IPPROTO_TCP {
+        return None;
+    }
+    // SAFETY: bpf_get_netns_cookie accepts the sock_addr context (kernel ≥ 5.7).
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    // SAFETY: plain value copied out of the map.
+    let config = unsafe { ENROLLED_NETNS.get(&netns) }.copied()?;
+    if socket_mark(sa) == AGENT_MARK {
+        count(stats::CONNECT_SKIPPED_MARK);
+        return None;
+    }
+    Some(config)
+}
+
+#[inline(always)]
+fn port_excluded(port: u16) -> bool {
+    // SAFETY: plain value read from the map.
+    unsafe { EXCLUDED_PORTS.get(&port) }.is_some()
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn weft_connect4(ctx: SockAddrContext) -> i32 {
+    let Some(config) = capture_config(&ctx) else {
+        return 1;
+    };
+    let sa = ctx.sock_addr;
+    // SAFETY: user_ip4/user_port are readable and writable in connect4.
+    unsafe {
+        let ip = (*sa).user_ip4.to_ne_bytes(); // network order in memory
+        let port = u16::from_be((*sa).user_port as u16);
+        if ip[0] == 127 || port_excluded(port) {
+            return 1;
+        }
+        let cookie = bpf_get_socket_cookie(ctx.as_ptr());
+        if ORIG_DST_BY_COOKIE.insert(&cookie, &OrigDst::v4(ip, port), 0).is_err() {
+            return 1;
+        }
+        (*sa).user_ip4 = u32::from_ne_bytes([127, 0, 0, 1]);
+        (*sa).user_port = u32::from(config.outbound_port.to_be());
+        debug!(&ctx, "connect4 {:i}:{} redirected", u32::from_be_bytes(ip), port);
+    }
+    count(stats::CONNECT_REDIRECTED);
+    1
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn weft_connect6(ctx: SockAddrContext) -> i32 {
+    let Some(config) = capture_config(&ctx) else {
+        return 1;
+    };
+    let sa = ctx.sock_addr;
+    // SAFETY: user_ip6/user_port are readable and writable in connect6.
+    unsafe {
+        let words = (*sa).user_ip6;
+        let mut addr = [0u8; 16];
+        let mut i = 0;
+        while i < 4 {
+            let b = words[i].to_ne_bytes();
+            addr[i * 4] = b[0];
+            addr[i * 4 + 1] = b[1];
+            addr[i * 4 + 2] = b[2];
+            addr[i * 4 + 3] = b[3];
+            i += 1;
+        }
+        let port = u16::from_be((*sa).user_port as u16);
+        let mapped_v4 = addr[..10] == [0; 10] && addr[10] == 0xff && addr[11] == 0xff;
+        let loopback6 = addr[..15] == [0; 15] && addr[15] == 1;
+        if loopback6 || (mapped_v4 && addr[12] == 127) || port_excluded(port) {
+            return 1;
+        }
+        let orig = OrigDst {
+            addr,
+            port,
+            family: AF_INET6,
+            _pad: [0; 4],
+        };
+        let cookie = bpf_get_socket_cookie(ctx.as_ptr());
+        if ORIG_DST_BY_COOKIE.insert(&cookie, &orig, 0).is_err() {
+            return 1;
+        }
+        if mapped_v4 {
+            // Dual-stack socket to an IPv4 address: stay IPv4, to 127.0.0.1.
+            (*sa).user_ip6[3] = u32::from_ne_bytes([127, 0, 0, 1]);
+        } else {
+            (*sa).user_ip6 = [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])];
+        }
+        (*sa).user_port = u32::from(config.outbound_port.to_be());
+        debug!(&ctx, "connect6 to port {} redirected", port);
+    }
+    count(stats::CONNECT_REDIRECTED);
+    1
+}
+
+#[sock_ops]
+pub fn weft_sockops(ctx: SockOpsContext) -> u32 {
+    match ctx.op() {
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => on_established(&ctx),
+        BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => on_close(&ctx),
+        _ => {}
+    }
+    1
+}
+
+#[inline(always)]
+fn on_established(ctx: &SockOpsContext) {
+    // SAFETY: both helpers accept the sock_ops context (netns cookie: kernel ≥ 5.15).
+    let (cookie, netns) =
+        unsafe { (bpf_get_socket_cookie(ctx.as_ptr()), bpf_get_netns_cookie(ctx.as_ptr())) };
+    // SAFETY: plain value copied out of the map.
+    let Some(orig) = (unsafe { ORIG_DST_BY_COOKIE.get(&cookie) }).copied() else {
+        return;
+    };
+    let key = PortKey::new(netns, ctx.local_port() as u16);
+    if ORIG_DST_BY_PORT.insert(&key, &orig, 0).is_ok() {
+        count(stats::ORIG_DST_PUBLISHED);
+    }
+    // Be called again on state changes, to delete the entries at close.
+    let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+}
+
+#[inline(always)]
+fn on_close(ctx: &SockOpsContext) {
+    // SAFETY: as in on_established.
+    let (cookie, netns) =
+        unsafe { (bpf_get_socket_cookie(ctx.as_ptr()), bpf_get_netns_cookie(ctx.as_ptr())) };
+    let _ = ORIG_DST_BY_COOKIE.remove(&cookie);
+    let _ = ORIG_DST_BY_PORT.remove(&PortKey::new(netns, ctx.local_port() as u16));
+}
+
+/// The saved original destination of a redirected socket.
+#[inline(always)]
+fn original_destination(ctx: &SockAddrContext) -> Option<OrigDst> {
+    // SAFETY: bpf_get_socket_cookie accepts the sock_addr context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: plain value copied out of the map.
+    unsafe { ORIG_DST_BY_COOKIE.get(&cookie) }.copied()
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn weft_getpeername4(ctx: SockAddrContext) -> i32 {
+    if let Some(orig) = original_destination(&ctx)
+        && orig.family == AF_INET
+        && let Some(ip) = orig.as_v4()
+    {
+        // SAFETY: user_ip4/user_port are writable in getpeername4.
+        unsafe {
+            (*ctx.sock_addr).user_ip4 = u32::from_ne_bytes(ip);
+            (*ctx.sock_addr).user_port = u32::from(orig.port.to_be());
+        }
+    }
+    1
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn weft_getpeername6(ctx: SockAddrContext) -> i32 {
+    if let Some(orig) = original_destination(&ctx) {
+        let a = orig.addr;
+        let word = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+        // SAFETY: user_ip6/user_port are writable in getpeername6.
+        unsafe {
+            (*ctx.sock_addr).user_ip6 = [word(0), word(4), word(8), word(12)];
+            (*ctx.sock_addr).user_port = u32::from(orig.port.to_be());
+        }
+    }
+    1
+}
+
+#[sk_lookup]
+pub fn weft_sk_lookup(ctx: SkLookupContext) -> u32 {
+    let l = ctx.lookup;
+    // SAFETY: these context fields are readable in sk_lookup.
+    let (family, protocol, local_port, local, remote) = unsafe {
+        (
+            (*l).family,
+            (*l).protocol,
+            (*l).local_port,
+            (*l).local_ip4.to_ne_bytes(),
+            (*l).remote_ip4.to_ne_bytes(),
+        )
+    };
+    // IPv4 only for now; IPv6 inbound keeps the kernel's normal lookup.
+    if protocol != IPPROTO_TCP || family != u32::from(AF_INET) {
+        return sk_action::SK_PASS;
+    }
+    let port = local_port as u16;
+    // The tunnel is the agent's own; the pod talking to itself and loopback stay local.
+    if port == TUNNEL_PORT || remote == local || remote[0] == 127 || port_excluded(port) {
+        return sk_action::SK_PASS;
+    }
+    let key = PodIpKey::v4(local);
+    // SAFETY: plain value copied out of the map.
+    let Some(config) = (unsafe { INBOUND_CONFIG.get(&key) }).copied() else {
+        return sk_action::SK_PASS;
+    };
+    if PodIpKey::v4(remote).addr == config.node_addr {
+        return sk_action::SK_PASS; // the node itself: kubelet probes
+    }
+    match INBOUND_SOCKETS.redirect_sk_lookup(&ctx, key, 0) {
+        Ok(()) => {
+            count(stats::INBOUND_STEERED);
+            sk_action::SK_PASS
+        }
+        // Captured pod without its agent socket (agent down): refuse, never bypass.
+        Err(_) => sk_action::SK_DROP,
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,1 @@
+//! The netns lab.
