@@ -62,7 +62,9 @@ impl OrigDst {
     pub const fn v4(addr_be: [u8; 4], port: u16) -> Self {
         let a = addr_be;
         OrigDst {
-            addr: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3]],
+            addr: [
+                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+            ],
             port,
             family: AF_INET,
             _pad: [0; 4],
@@ -116,7 +118,9 @@ impl PodIpKey {
     pub const fn v4(addr_be: [u8; 4]) -> Self {
         let a = addr_be;
         PodIpKey {
-            addr: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3]],
+            addr: [
+                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+            ],
         }
     }
 }

@@ -1,0 +1,132 @@
+//! Typed handles on the pinned maps the agent reads and writes.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use anyhow::{Context, Result};
+use aya::maps::{HashMap, Map, MapData, PerCpuArray, SockHash};
+use mesh_common::{InboundConfig, NetnsConfig, OrigDst, PodIpKey, PortKey, map_names, stats};
+
+use super::pins::PinLayout;
+
+pub struct MapHandles {
+    pub enrolled_netns: HashMap<MapData, u64, NetnsConfig>,
+    pub orig_dst_by_port: HashMap<MapData, PortKey, OrigDst>,
+    pub inbound_sockets: SockHash<MapData, PodIpKey>,
+    pub inbound_config: HashMap<MapData, PodIpKey, InboundConfig>,
+    pub excluded_ports: HashMap<MapData, u16, u8>,
+    pub counters: PerCpuArray<MapData, u64>,
+}
+
+fn open(layout: &PinLayout, name: &str) -> Result<Map> {
+    let path = layout.map(name);
+    let data =
+        MapData::from_pin(&path).with_context(|| format!("open pinned map {}", path.display()))?;
+    Map::from_map_data(data).with_context(|| format!("map {name}"))
+}
+
+impl MapHandles {
+    pub fn from_pins(layout: &PinLayout) -> Result<Self> {
+        Ok(MapHandles {
+            enrolled_netns: open(layout, map_names::ENROLLED_NETNS)?.try_into()?,
+            orig_dst_by_port: open(layout, map_names::ORIG_DST_BY_PORT)?.try_into()?,
+            inbound_sockets: open(layout, map_names::INBOUND_SOCKETS)?.try_into()?,
+            inbound_config: open(layout, map_names::INBOUND_CONFIG)?.try_into()?,
+            excluded_ports: open(layout, map_names::EXCLUDED_PORTS)?.try_into()?,
+            counters: open(layout, map_names::STATS)?.try_into()?,
+        })
+    }
+
+    /// The original destination of a redirected connection, looked up by the
+    /// application's netns and local port (the peer port the agent accepted).
+    pub fn original_destination(&self, netns_cookie: u64, app_port: u16) -> Option<SocketAddr> {
+        let orig = self
+            .orig_dst_by_port
+            .get(&PortKey::new(netns_cookie, app_port), 0)
+            .ok()?;
+        Some(orig_dst_to_socket_addr(&orig))
+    }
+
+    /// The netns cookies currently enrolled for capture.
+    pub fn enrolled_cookies(&self) -> Vec<u64> {
+        self.enrolled_netns.keys().filter_map(Result::ok).collect()
+    }
+
+    /// The pod IPs with an inbound configuration.
+    pub fn inbound_pod_ips(&self) -> Vec<IpAddr> {
+        self.inbound_config
+            .keys()
+            .filter_map(Result::ok)
+            .map(|k| pod_ip_from_key(&k))
+            .collect()
+    }
+
+    pub fn stats(&self) -> KernelStats {
+        let sum = |index: u32| -> u64 {
+            self.counters
+                .get(&index, 0)
+                .ok()
+                .map(|per_cpu| per_cpu.iter().sum())
+                .unwrap_or(0)
+        };
+        KernelStats {
+            connect_redirected: sum(stats::CONNECT_REDIRECTED),
+            connect_skipped_mark: sum(stats::CONNECT_SKIPPED_MARK),
+            inbound_steered: sum(stats::INBOUND_STEERED),
+            orig_dst_published: sum(stats::ORIG_DST_PUBLISHED),
+        }
+    }
+}
+
+/// Counters kept by the kernel programs.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct KernelStats {
+    pub connect_redirected: u64,
+    pub connect_skipped_mark: u64,
+    pub inbound_steered: u64,
+    pub orig_dst_published: u64,
+}
+
+pub fn orig_dst_to_socket_addr(orig: &OrigDst) -> SocketAddr {
+    let ip = match orig.as_v4() {
+        Some(v4) => IpAddr::V4(Ipv4Addr::from(v4)),
+        None => IpAddr::V6(Ipv6Addr::from(orig.addr)),
+    };
+    SocketAddr::new(ip, orig.port)
+}
+
+pub fn pod_ip_key(ip: IpAddr) -> PodIpKey {
+    match ip {
+        IpAddr::V4(v4) => PodIpKey::v4(v4.octets()),
+        IpAddr::V6(v6) => PodIpKey { addr: v6.octets() },
+    }
+}
+
+fn pod_ip_from_key(key: &PodIpKey) -> IpAddr {
+    let v6 = Ipv6Addr::from(key.addr);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn orig_dst_v4_round_trips_to_socket_addr() {
+        let orig = OrigDst::v4([10, 96, 0, 10], 8080);
+        assert_eq!(
+            orig_dst_to_socket_addr(&orig),
+            "10.96.0.10:8080".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn pod_ip_key_round_trips() {
+        for ip in ["10.88.1.5", "fd00::5"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(pod_ip_from_key(&pod_ip_key(ip)), ip);
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! The kernel side, seen from the agent (DESIGN §2): load the embedded programs,
+//! attach them, pin maps and links under the agent's bpffs directory, re-adopt them
+//! after a restart, and enrol or remove pods through typed map handles.
+
+mod enrol;
+mod load;
+mod logs;
+mod maps;
+pub mod object;
+mod pins;
+
+pub use enrol::{InboundEnrolment, PodEnrolment};
+pub use load::{KernelPrograms, LoadOptions, Origin, remove_pins};
+pub use logs::forward_kernel_logs;
+pub use maps::{KernelStats, MapHandles};
+pub use pins::PinLayout;

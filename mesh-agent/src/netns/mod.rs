@@ -1,0 +1,9 @@
+//! Network namespaces: the agent lives in the node's netns but makes its listening
+//! and outgoing sockets inside each meshed pod's netns (DESIGN §1). A socket stays
+//! in the netns it was created in, so traffic leaves with the pod's own IP.
+
+mod handle;
+mod sockets;
+
+pub use handle::Netns;
+pub use sockets::{bind_listener, connect_marked, netns_cookie};
