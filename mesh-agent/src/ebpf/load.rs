@@ -215,8 +215,10 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::
 }
 
 fn attach_to_cgroup(ebpf: &mut Ebpf, name: &str, cgroup: &File, pin: &Path) -> Result<()> {
-    // Multi-attach: other programs on the same cgroup (a CNI's) keep running.
-    let mode = CgroupAttachMode::AllowMultiple;
+    // bpf_link attachments (kernel >= 5.7) always coexist with other programs on
+    // the cgroup (a CNI's, another agent's), and the kernel rejects any flag on
+    // them: "Single" means no flag here, not exclusive.
+    let mode = CgroupAttachMode::Single;
     let link: FdLink = if name == prog::SOCKOPS {
         let p: &mut SockOps = program(ebpf, name)?.try_into()?;
         p.load()?;

@@ -1,0 +1,242 @@
+//! The lab itself: owns every namespace, cgroup, mount and process it creates and
+//! removes them all on drop.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+
+use anyhow::{Context, Result, bail};
+
+use crate::exec::{ip_in, run};
+use crate::names::lab_id;
+use crate::node::Node;
+use crate::pod::Pod;
+
+pub struct Lab {
+    id: String,
+    underlay: String,
+    cgroup: PathBuf,
+    run_dir: PathBuf,
+    nodes: Vec<Node>,
+    pods: Vec<Pod>,
+    mounts: Mutex<Vec<PathBuf>>,
+    children: Mutex<Vec<Child>>,
+}
+
+impl Lab {
+    /// An empty lab: the underlay namespace and bridge, the lab cgroup, a run dir.
+    pub fn new() -> Result<Lab> {
+        let id = lab_id();
+        let cgroup_root = find_cgroup2().context("no cgroup v2 hierarchy is mounted")?;
+        let mut lab = Lab {
+            underlay: format!("{id}-ul"),
+            cgroup: cgroup_root.join(&id),
+            run_dir: PathBuf::from("/run").join(&id),
+            id,
+            nodes: Vec::new(),
+            pods: Vec::new(),
+            mounts: Mutex::new(Vec::new()),
+            children: Mutex::new(Vec::new()),
+        };
+        // From here on, Drop cleans up whatever got created.
+        std::fs::create_dir_all(&lab.run_dir)?;
+        std::fs::create_dir(&lab.cgroup)
+            .with_context(|| format!("create lab cgroup {}", lab.cgroup.display()))?;
+        run("ip", &["netns", "add", &lab.underlay])?;
+        ip_in(&lab.underlay, &["link", "set", "lo", "up"])?;
+        ip_in(&lab.underlay, &["link", "add", "ul0", "type", "bridge"])?;
+        ip_in(&lab.underlay, &["link", "set", "ul0", "up"])?;
+        lab.nodes.reserve(4);
+        Ok(lab)
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The lab's cgroup: agents attach their programs here.
+    pub fn cgroup(&self) -> &Path {
+        &self.cgroup
+    }
+
+    /// A directory for this lab's files (configs, logs), removed on drop.
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    /// Adds a node: a netns with a pod bridge, linked to the underlay, with routes
+    /// to every other node's pod subnet.
+    pub fn add_node(&mut self, name: &str) -> Result<&Node> {
+        if self.nodes.iter().any(|n| n.name == name) {
+            bail!("node {name} already exists");
+        }
+        let index = u8::try_from(self.nodes.len() + 1).context("too many nodes")?;
+        let node = Node::create(&self.id, &self.underlay, name, index)?;
+        for other in &self.nodes {
+            node.route_to(other)?;
+            other.route_to(&node)?;
+        }
+        self.nodes.push(node);
+        Ok(self.nodes.last().expect("just pushed"))
+    }
+
+    /// Adds a pod on `node` with the given address (the next free one when `None`).
+    pub fn add_pod(&mut self, node: &str, name: &str, ip: Option<Ipv4Addr>) -> Result<&Pod> {
+        if self.pods.iter().any(|p| p.name == name) {
+            bail!("pod {name} already exists");
+        }
+        let node = self.node(node)?;
+        let taken = self.pods.iter().filter(|p| p.node == node.name).count();
+        let ip = ip.unwrap_or_else(|| node.pod_ip(10 + taken as u8));
+        let veth = format!("v{}", self.pods.len());
+        let pod = Pod::create(&self.id, node, name, ip, &veth, &self.cgroup)?;
+        self.pods.push(pod);
+        Ok(self.pods.last().expect("just pushed"))
+    }
+
+    pub fn node(&self, name: &str) -> Result<&Node> {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .with_context(|| format!("no node {name} in the lab"))
+    }
+
+    pub fn pod(&self, name: &str) -> Result<&Pod> {
+        self.pods
+            .iter()
+            .find(|p| p.name == name)
+            .with_context(|| format!("no pod {name} in the lab"))
+    }
+
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    pub fn pods(&self) -> &[Pod] {
+        &self.pods
+    }
+
+    /// A private bpffs mount for `owner` (mounted on first use, unmounted on drop);
+    /// returns the pin directory inside it.
+    pub fn bpffs(&self, owner: &str) -> Result<PathBuf> {
+        let dir = self.run_dir.join(format!("bpf-{owner}"));
+        let mut mounts = self.mounts.lock().expect("lab mutex");
+        if !mounts.contains(&dir) {
+            std::fs::create_dir_all(&dir)?;
+            run("mount", &["-t", "bpf", "bpf", &dir.to_string_lossy()])?;
+            mounts.push(dir.clone());
+        }
+        Ok(dir.join("weft"))
+    }
+
+    /// Spawns a background process that the lab kills on drop. Returns its pid.
+    pub fn spawn(&self, mut cmd: Command) -> Result<u32> {
+        let child = cmd
+            .stdin(Stdio::null())
+            .spawn()
+            .context("spawn lab process")?;
+        let pid = child.id();
+        self.children.lock().expect("lab mutex").push(child);
+        Ok(pid)
+    }
+
+    /// Kills one process the lab spawned (SIGKILL) and reaps it.
+    pub fn kill(&self, pid: u32) -> Result<()> {
+        let mut children = self.children.lock().expect("lab mutex");
+        if let Some(pos) = children.iter().position(|c| c.id() == pid) {
+            let mut child = children.remove(pos);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        Ok(())
+    }
+
+    fn teardown(&mut self) -> Vec<String> {
+        let mut errors = Vec::new();
+        for mut child in self
+            .children
+            .lock()
+            .map(|mut c| std::mem::take(&mut *c))
+            .unwrap_or_default()
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Anything else still in the lab cgroup (processes the children started).
+        kill_cgroup(&self.cgroup);
+        for mount in self
+            .mounts
+            .lock()
+            .map(|mut m| std::mem::take(&mut *m))
+            .unwrap_or_default()
+        {
+            if let Err(e) = run("umount", &[&mount.to_string_lossy()]) {
+                errors.push(e.to_string());
+            }
+        }
+        for pod in self.pods.drain(..) {
+            errors.extend(pod.destroy().err().map(|e| e.to_string()));
+        }
+        for node in self.nodes.drain(..) {
+            errors.extend(node.destroy().err().map(|e| e.to_string()));
+        }
+        errors.extend(
+            run("ip", &["netns", "del", &self.underlay])
+                .err()
+                .map(|e| e.to_string()),
+        );
+        if self.cgroup.exists() {
+            errors.extend(remove_cgroup(&self.cgroup).err().map(|e| e.to_string()));
+        }
+        let _ = std::fs::remove_dir_all(&self.run_dir);
+        errors
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for error in self.teardown() {
+            eprintln!("lab {}: teardown: {error}", self.id);
+        }
+    }
+}
+
+/// The first cgroup v2 mount (the same lookup as `mesh-agent check`; the lab does
+/// not link the agent so that `cargo xtask setup` builds without kernel programs).
+pub fn find_cgroup2() -> Option<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let fstype = right.split_whitespace().next()?;
+        let mount_point = left.split_whitespace().nth(4)?;
+        (fstype == "cgroup2").then(|| PathBuf::from(mount_point))
+    })
+}
+
+/// Kills every process in a cgroup subtree (`cgroup.kill`, Linux ≥ 5.14).
+pub fn kill_cgroup(cgroup: &Path) {
+    let _ = std::fs::write(cgroup.join("cgroup.kill"), "1");
+    // cgroup.kill is asynchronous: wait until the tree is empty (bounded).
+    for _ in 0..100 {
+        let populated = std::fs::read_to_string(cgroup.join("cgroup.events"))
+            .map(|e| e.contains("populated 1"))
+            .unwrap_or(false);
+        if !populated {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Removes a cgroup directory and its children, deepest first.
+pub fn remove_cgroup(cgroup: &Path) -> Result<()> {
+    if let Ok(entries) = std::fs::read_dir(cgroup) {
+        for entry in entries.filter_map(Result::ok) {
+            if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                remove_cgroup(&entry.path())?;
+            }
+        }
+    }
+    std::fs::remove_dir(cgroup).with_context(|| format!("remove cgroup {}", cgroup.display()))
+}

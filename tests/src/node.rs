@@ -1,0 +1,122 @@
+//! A node: a netns with a bridge for its pods and a link to the underlay.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::Result;
+
+use crate::exec::{ip_in, run};
+
+pub struct Node {
+    pub name: String,
+    pub index: u8,
+    /// Name of the node's network namespace (under /run/netns).
+    pub netns: String,
+}
+
+impl Node {
+    pub(crate) fn create(lab_id: &str, underlay: &str, name: &str, index: u8) -> Result<Node> {
+        let node = Node {
+            name: name.to_string(),
+            index,
+            netns: format!("{lab_id}-{name}"),
+        };
+        let ns = node.netns.as_str();
+        run("ip", &["netns", "add", ns])?;
+        ip_in(ns, &["link", "set", "lo", "up"])?;
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                ns,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ],
+        )?;
+        // Pod bridge, with the node's address on it: pods' default gateway.
+        ip_in(ns, &["link", "add", "br0", "type", "bridge"])?;
+        ip_in(
+            ns,
+            &[
+                "addr",
+                "add",
+                &format!("{}/24", node.bridge_ip()),
+                "dev",
+                "br0",
+            ],
+        )?;
+        ip_in(ns, &["link", "set", "br0", "up"])?;
+        // Underlay link.
+        let peer = format!("n{index}");
+        ip_in(
+            ns,
+            &[
+                "link", "add", "ul", "type", "veth", "peer", "name", &peer, "netns", underlay,
+            ],
+        )?;
+        ip_in(
+            ns,
+            &[
+                "addr",
+                "add",
+                &format!("{}/24", node.underlay_ip()),
+                "dev",
+                "ul",
+            ],
+        )?;
+        ip_in(ns, &["link", "set", "ul", "up"])?;
+        ip_in(underlay, &["link", "set", &peer, "master", "ul0", "up"])?;
+        Ok(node)
+    }
+
+    /// The node's address on its pod bridge: what its pods see as the node.
+    pub fn bridge_ip(&self) -> Ipv4Addr {
+        self.pod_ip(1)
+    }
+
+    pub fn underlay_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 89, 0, self.index)
+    }
+
+    /// Address `host` in the node's pod subnet.
+    pub fn pod_ip(&self, host: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 88, self.index, host)
+    }
+
+    pub fn netns_path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.netns)
+    }
+
+    /// Routes this node's traffic for `other`'s pods over the underlay.
+    pub(crate) fn route_to(&self, other: &Node) -> Result<()> {
+        let subnet = format!("10.88.{}.0/24", other.index);
+        ip_in(
+            &self.netns,
+            &[
+                "route",
+                "add",
+                &subnet,
+                "via",
+                &other.underlay_ip().to_string(),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// A command that runs in this node's netns (mounts untouched, unlike `ip netns exec`).
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.netns_path().display()))
+            .arg("--")
+            .arg(program);
+        cmd
+    }
+
+    pub(crate) fn destroy(self) -> Result<()> {
+        run("ip", &["netns", "del", &self.netns])?;
+        Ok(())
+    }
+}
