@@ -63,7 +63,7 @@ enum Toolchain {
 impl Toolchain {
     fn detect() -> Result<Self, String> {
         if which("bpf-linker").is_none() {
-            return Err("bpf-linker is not on PATH".into());
+            return Err("bpf-linker is not on PATH (nor in $CARGO_HOME/bin)".into());
         }
         if Path::new("/usr/bin/rustc").exists()
             && Path::new("/usr/lib/rustlib")
@@ -137,8 +137,18 @@ impl Toolchain {
     }
 }
 
+/// PATH plus cargo's own bin directory, where `cargo install` puts bpf-linker.
+fn search_path() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = env::var_os("PATH").map(|p| env::split_paths(&p).collect()).unwrap_or_default();
+    let cargo_home = env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    if let Some(home) = cargo_home {
+        dirs.push(home.join("bin"));
+    }
+    dirs
+}
+
 fn which(bin: &str) -> Option<PathBuf> {
-    env::split_paths(&env::var_os("PATH")?)
-        .map(|dir| dir.join(bin))
-        .find(|p| p.is_file())
+    search_path().into_iter().map(|dir| dir.join(bin)).find(|p| p.is_file())
 }

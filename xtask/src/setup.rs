@@ -1,0 +1,153 @@
+//! `cargo xtask setup`: installs what is missing, and only that (DESIGN §6).
+//!
+//! The kernel programs need a Rust compiler with a `core` for
+//! `bpfel-unknown-none` and `bpf-linker`. Accepted, in this order:
+//! - the standard aya path: rustup nightly with `rust-src`, plus `bpf-linker`;
+//! - Debian's `rustc-web` 1.96 with its prebuilt BPF `core`
+//!   (`libstd-rust-web-dev-bpf`), plus `bpf-linker` built against Debian's LLVM 22.
+//!
+//! Versions are pinned because they must match: rustc-web 1.96 is built on LLVM 22,
+//! so bpf-linker must link LLVM 22 (`--features llvm-22`) or the objects it links
+//! are unreadable to it; bpf-linker 0.13 is the release that supports LLVM 22.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::{cargo, step};
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+const EBPF_PACKAGES: &[&str] = &[
+    "rustc-web",
+    "cargo-web",
+    "libstd-rust-web-dev-bpf",
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "zlib1g-dev",
+    "libzstd-dev",
+];
+/// Tools the lab, the tests and the demo run: iproute2 (ip), util-linux
+/// (nsenter, setpriv, mount), curl and tcpdump as real clients and captures.
+const LAB_PACKAGES: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("nsenter", "util-linux"),
+    ("setpriv", "util-linux"),
+    ("curl", "curl"),
+    ("tcpdump", "tcpdump"),
+];
+
+pub fn run() -> Result<()> {
+    if !nix_is_root() {
+        bail!("setup installs packages and the tests create namespaces: run as root");
+    }
+    let mut apt = Apt::default();
+    let missing_tools: Vec<&str> = LAB_PACKAGES
+        .iter()
+        .filter(|(bin, _)| which(bin).is_none())
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    apt.install(&missing_tools)?;
+
+    if nightly_with_rust_src() {
+        println!("kernel toolchain: rustup nightly with rust-src");
+    } else {
+        let missing: Vec<&str> = EBPF_PACKAGES.iter().copied().filter(|p| !apt.installed(p)).collect();
+        apt.install(&missing)?;
+        println!("kernel toolchain: Debian rustc-web with the prebuilt BPF core");
+    }
+    if which("bpf-linker").is_none() {
+        step(
+            "install bpf-linker (about two minutes)",
+            cargo()
+                .args(["install", "bpf-linker", "--locked", "--version", BPF_LINKER_VERSION])
+                .args(["--no-default-features", "--features", "llvm-22"])
+                .env("LLVM_PREFIX", LLVM_PREFIX),
+        )?;
+    }
+    ensure_cgroup2()?;
+    println!("setup: everything is in place");
+    Ok(())
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:")).map(|u| u.split_whitespace().next() == Some("0")))
+        .unwrap_or(false)
+}
+
+fn nightly_with_rust_src() -> bool {
+    Command::new("rustup")
+        .args(["run", "nightly", "rustc", "--print", "sysroot"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| Path::new(String::from_utf8_lossy(&o.stdout).trim()).join("lib/rustlib/src/rust/library/core").is_dir())
+        .unwrap_or(false)
+}
+
+/// The lab attaches to a cgroup v2 subtree; mount the hierarchy if none is.
+fn ensure_cgroup2() -> Result<()> {
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo")?
+        .lines()
+        .any(|l| l.split_once(" - ").is_some_and(|(_, r)| r.starts_with("cgroup2 ")));
+    if mounted {
+        return Ok(());
+    }
+    let target = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() || is_empty_dir("/sys/fs/cgroup") {
+        "/sys/fs/cgroup"
+    } else {
+        "/sys/fs/cgroup/unified"
+    };
+    std::fs::create_dir_all(target)?;
+    step("mount cgroup v2", Command::new("mount").args(["-t", "cgroup2", "none", target]))
+}
+
+fn is_empty_dir(path: &str) -> bool {
+    std::fs::read_dir(path).map(|mut d| d.next().is_none()).unwrap_or(false)
+}
+
+pub fn which(bin: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain([std::path::PathBuf::from("/usr/sbin"), std::path::PathBuf::from("/sbin")])
+        .map(|d| d.join(bin))
+        .find(|p| p.is_file())
+}
+
+/// apt-get, updated at most once per run.
+#[derive(Default)]
+struct Apt {
+    updated: bool,
+}
+
+impl Apt {
+    fn installed(&self, package: &str) -> bool {
+        Command::new("dpkg-query")
+            .args(["-W", "-f=${Status}", package])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+            .unwrap_or(false)
+    }
+
+    fn install(&mut self, packages: &[&str]) -> Result<()> {
+        let missing: Vec<&str> = packages.iter().copied().filter(|p| !self.installed(p)).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if !self.updated {
+            step("apt-get update", Command::new("apt-get").args(["update", "-q"]))?;
+            self.updated = true;
+        }
+        step(
+            &format!("apt-get install {}", missing.join(" ")),
+            Command::new("apt-get")
+                .args(["install", "-y", "-q"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+        .with_context(|| format!("cannot install {}: the kernel programs or the lab need them", missing.join(", ")))
+    }
+}
