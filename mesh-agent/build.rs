@@ -139,7 +139,9 @@ impl Toolchain {
 
 /// PATH plus cargo's own bin directory, where `cargo install` puts bpf-linker.
 fn search_path() -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = env::var_os("PATH").map(|p| env::split_paths(&p).collect()).unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = env::var_os("PATH")
+        .map(|p| env::split_paths(&p).collect())
+        .unwrap_or_default();
     let cargo_home = env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
@@ -150,5 +152,8 @@ fn search_path() -> Vec<PathBuf> {
 }
 
 fn which(bin: &str) -> Option<PathBuf> {
-    search_path().into_iter().map(|dir| dir.join(bin)).find(|p| p.is_file())
+    search_path()
+        .into_iter()
+        .map(|dir| dir.join(bin))
+        .find(|p| p.is_file())
 }

@@ -18,6 +18,7 @@ mod lab;
 mod names;
 mod node;
 mod pod;
+mod topology;
 
 pub use agent::{Agent, agent_binary};
 pub use clean::{clean_leftovers, leftovers};
@@ -25,6 +26,7 @@ pub use exec::run;
 pub use lab::Lab;
 pub use node::Node;
 pub use pod::Pod;
+pub use topology::{LabConfig, NETNS_ANNOTATION};
 
 /// Every lab object's name starts with this, so leftovers can be found and removed.
 pub const PREFIX: &str = "wl";

@@ -41,7 +41,9 @@ fn main() -> Result<()> {
         Command::Setup => setup::run(),
         Command::Test => test::run(),
         Command::Demo => demo::run(),
-        Command::Lab { command: LabCommand::Clean } => {
+        Command::Lab {
+            command: LabCommand::Clean,
+        } => {
             let removed = lab::clean_leftovers()?;
             if removed.is_empty() {
                 println!("nothing to clean");

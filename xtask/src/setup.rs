@@ -53,7 +53,11 @@ pub fn run() -> Result<()> {
     if nightly_with_rust_src() {
         println!("kernel toolchain: rustup nightly with rust-src");
     } else {
-        let missing: Vec<&str> = EBPF_PACKAGES.iter().copied().filter(|p| !apt.installed(p)).collect();
+        let missing: Vec<&str> = EBPF_PACKAGES
+            .iter()
+            .copied()
+            .filter(|p| !apt.installed(p))
+            .collect();
         apt.install(&missing)?;
         println!("kernel toolchain: Debian rustc-web with the prebuilt BPF core");
     }
@@ -61,7 +65,13 @@ pub fn run() -> Result<()> {
         step(
             "install bpf-linker (about two minutes)",
             cargo()
-                .args(["install", "bpf-linker", "--locked", "--version", BPF_LINKER_VERSION])
+                .args([
+                    "install",
+                    "bpf-linker",
+                    "--locked",
+                    "--version",
+                    BPF_LINKER_VERSION,
+                ])
                 .args(["--no-default-features", "--features", "llvm-22"])
                 .env("LLVM_PREFIX", LLVM_PREFIX),
         )?;
@@ -74,7 +84,11 @@ pub fn run() -> Result<()> {
 fn nix_is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:")).map(|u| u.split_whitespace().next() == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .map(|u| u.split_whitespace().next() == Some("0"))
+        })
         .unwrap_or(false)
 }
 
@@ -84,7 +98,11 @@ fn nightly_with_rust_src() -> bool {
         .output()
         .ok()
         .filter(|o| o.status.success())
-        .map(|o| Path::new(String::from_utf8_lossy(&o.stdout).trim()).join("lib/rustlib/src/rust/library/core").is_dir())
+        .map(|o| {
+            Path::new(String::from_utf8_lossy(&o.stdout).trim())
+                .join("lib/rustlib/src/rust/library/core")
+                .is_dir()
+        })
         .unwrap_or(false)
 }
 
@@ -92,27 +110,40 @@ fn nightly_with_rust_src() -> bool {
 fn ensure_cgroup2() -> Result<()> {
     let mounted = std::fs::read_to_string("/proc/self/mountinfo")?
         .lines()
-        .any(|l| l.split_once(" - ").is_some_and(|(_, r)| r.starts_with("cgroup2 ")));
+        .any(|l| {
+            l.split_once(" - ")
+                .is_some_and(|(_, r)| r.starts_with("cgroup2 "))
+        });
     if mounted {
         return Ok(());
     }
-    let target = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() || is_empty_dir("/sys/fs/cgroup") {
+    let target = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+        || is_empty_dir("/sys/fs/cgroup")
+    {
         "/sys/fs/cgroup"
     } else {
         "/sys/fs/cgroup/unified"
     };
     std::fs::create_dir_all(target)?;
-    step("mount cgroup v2", Command::new("mount").args(["-t", "cgroup2", "none", target]))
+    step(
+        "mount cgroup v2",
+        Command::new("mount").args(["-t", "cgroup2", "none", target]),
+    )
 }
 
 fn is_empty_dir(path: &str) -> bool {
-    std::fs::read_dir(path).map(|mut d| d.next().is_none()).unwrap_or(false)
+    std::fs::read_dir(path)
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(false)
 }
 
 pub fn which(bin: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
-        .chain([std::path::PathBuf::from("/usr/sbin"), std::path::PathBuf::from("/sbin")])
+        .chain([
+            std::path::PathBuf::from("/usr/sbin"),
+            std::path::PathBuf::from("/sbin"),
+        ])
         .map(|d| d.join(bin))
         .find(|p| p.is_file())
 }
@@ -133,12 +164,19 @@ impl Apt {
     }
 
     fn install(&mut self, packages: &[&str]) -> Result<()> {
-        let missing: Vec<&str> = packages.iter().copied().filter(|p| !self.installed(p)).collect();
+        let missing: Vec<&str> = packages
+            .iter()
+            .copied()
+            .filter(|p| !self.installed(p))
+            .collect();
         if missing.is_empty() {
             return Ok(());
         }
         if !self.updated {
-            step("apt-get update", Command::new("apt-get").args(["update", "-q"]))?;
+            step(
+                "apt-get update",
+                Command::new("apt-get").args(["update", "-q"]),
+            )?;
             self.updated = true;
         }
         step(
@@ -148,6 +186,11 @@ impl Apt {
                 .args(&missing)
                 .env("DEBIAN_FRONTEND", "noninteractive"),
         )
-        .with_context(|| format!("cannot install {}: the kernel programs or the lab need them", missing.join(", ")))
+        .with_context(|| {
+            format!(
+                "cannot install {}: the kernel programs or the lab need them",
+                missing.join(", ")
+            )
+        })
     }
 }

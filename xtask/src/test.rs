@@ -6,25 +6,49 @@ use crate::{cargo, setup, step};
 
 pub fn run() -> Result<()> {
     setup::run()?;
-    step("cargo fmt --check", cargo().args(["fmt", "--all", "--", "--check"]))?;
+    step(
+        "cargo fmt --check",
+        cargo().args(["fmt", "--all", "--", "--check"]),
+    )?;
     step(
         "cargo clippy (warnings are errors)",
-        cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]),
+        cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
     )?;
     // The end-to-end tests run the agent binary that this build leaves in target/.
-    step("build mesh-agent", cargo().args(["build", "-p", "mesh-agent", "--bins"]))?;
+    step(
+        "build mesh-agent",
+        cargo().args(["build", "-p", "mesh-agent", "--bins"]),
+    )?;
     let leftovers = lab::clean_leftovers()?;
     if !leftovers.is_empty() {
         println!("removed leftovers of an earlier run: {leftovers:?}");
     }
-    step("cargo test (unit and end-to-end)", cargo().args(["test", "--workspace"]))?;
+    step(
+        "cargo test (unit and end-to-end)",
+        cargo().args(["test", "--workspace"]),
+    )?;
     let left = lab::leftovers();
     if !left.is_empty() {
         bail!("the test suite left lab objects behind: {left:?}");
     }
     step(
         "nothing left behind: no lab namespace, cgroup, mount or Weft BPF program",
-        cargo().args(["test", "-p", "mesh-tests", "--test", "leftovers", "--", "--ignored"]),
+        cargo().args([
+            "test",
+            "-p",
+            "mesh-tests",
+            "--test",
+            "leftovers",
+            "--",
+            "--ignored",
+        ]),
     )?;
     Ok(())
 }

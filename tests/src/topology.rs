@@ -1,0 +1,171 @@
+//! A lab built from a Kubernetes-shaped YAML file (the same one the agents read):
+//! one lab node per `spec.nodeName`, one lab pod per Pod with its `status.podIP`.
+//! The agents get a copy of the file in which every Pod carries the
+//! `weft.dev/netns` annotation naming its lab namespace.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use yaml_rust2::{Yaml, YamlEmitter, YamlLoader};
+
+use crate::lab::Lab;
+
+pub const NETNS_ANNOTATION: &str = "weft.dev/netns";
+
+/// The configuration file a lab's agents read, editable by tests.
+pub struct LabConfig {
+    docs: Vec<Yaml>,
+    path: PathBuf,
+}
+
+impl LabConfig {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes the file (atomically: write then rename, as editors and
+    /// ConfigMap updates do).
+    pub fn save(&self) -> Result<()> {
+        let mut text = String::new();
+        for doc in &self.docs {
+            let mut out = String::new();
+            YamlEmitter::new(&mut out)
+                .dump(doc)
+                .context("render YAML")?;
+            text.push_str(&out);
+            text.push('\n');
+        }
+        let tmp = self.path.with_extension("tmp");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, &self.path)?;
+        Ok(())
+    }
+
+    /// Sets (or, with `None`, removes) a label on the resource `kind` `namespace/name`
+    /// (`namespace` empty for cluster-scoped kinds).
+    pub fn set_label(
+        &mut self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        key: &str,
+        value: Option<&str>,
+    ) -> Result<()> {
+        let doc = self
+            .docs
+            .iter_mut()
+            .find(|d| matches(d, kind, namespace, name))
+            .with_context(|| format!("no {kind} {namespace}/{name} in the lab config"))?;
+        let labels = nested_hash(doc, &["metadata", "labels"])?;
+        match value {
+            Some(v) => {
+                labels.insert(Yaml::from_str(key), Yaml::String(v.to_string()));
+            }
+            None => {
+                labels.remove(&Yaml::String(key.to_string()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the resource `kind` `namespace/name`.
+    pub fn remove(&mut self, kind: &str, namespace: &str, name: &str) -> Result<Yaml> {
+        let pos = self
+            .docs
+            .iter()
+            .position(|d| matches(d, kind, namespace, name))
+            .with_context(|| format!("no {kind} {namespace}/{name} in the lab config"))?;
+        Ok(self.docs.remove(pos))
+    }
+
+    pub fn add(&mut self, doc: Yaml) {
+        self.docs.push(doc);
+    }
+}
+
+fn matches(doc: &Yaml, kind: &str, namespace: &str, name: &str) -> bool {
+    doc["kind"].as_str() == Some(kind)
+        && doc["metadata"]["name"].as_str() == Some(name)
+        && doc["metadata"]["namespace"].as_str().unwrap_or("") == namespace
+}
+
+/// The mapping at `doc.<path...>`, created empty where missing.
+fn nested_hash<'a>(doc: &'a mut Yaml, path: &[&str]) -> Result<&'a mut yaml_rust2::yaml::Hash> {
+    let Yaml::Hash(hash) = doc else {
+        bail!("expected a mapping holding {path:?}")
+    };
+    let mut hash = hash;
+    for key in path {
+        hash = child_hash(hash, key)?;
+    }
+    Ok(hash)
+}
+
+fn child_hash<'a>(
+    hash: &'a mut yaml_rust2::yaml::Hash,
+    key: &str,
+) -> Result<&'a mut yaml_rust2::yaml::Hash> {
+    let entry = hash
+        .entry(Yaml::from_str(key))
+        .or_insert_with(|| Yaml::Hash(Default::default()));
+    if entry.is_null() {
+        *entry = Yaml::Hash(Default::default());
+    }
+    match entry {
+        Yaml::Hash(h) => Ok(h),
+        _ => bail!("{key:?} is not a mapping"),
+    }
+}
+
+impl Lab {
+    /// Builds a lab with the nodes and pods `file` describes and writes the agents'
+    /// copy of it into the lab's run dir.
+    pub fn from_config(file: &Path) -> Result<(Lab, LabConfig)> {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?;
+        let mut docs = YamlLoader::load_from_str(&text)
+            .with_context(|| format!("parse {}", file.display()))?;
+        let mut lab = Lab::new()?;
+        for doc in docs
+            .iter_mut()
+            .filter(|d| d["kind"].as_str() == Some("Pod"))
+        {
+            let name = doc["metadata"]["name"]
+                .as_str()
+                .context("a Pod without metadata.name")?
+                .to_string();
+            let node = doc["spec"]["nodeName"]
+                .as_str()
+                .with_context(|| format!("Pod {name}: no spec.nodeName"))?
+                .to_string();
+            let ip: Ipv4Addr = doc["status"]["podIP"]
+                .as_str()
+                .or_else(|| doc["status"]["podIPs"][0]["ip"].as_str())
+                .with_context(|| format!("Pod {name}: no status.podIP"))?
+                .parse()
+                .with_context(|| format!("Pod {name}: status.podIP is not an IPv4 address"))?;
+            if lab.node(&node).is_err() {
+                lab.add_node(&node)?;
+            }
+            let expected = lab.node(&node)?.pod_ip(0);
+            if ip.octets()[..3] != expected.octets()[..3] {
+                bail!(
+                    "Pod {name}: the lab gives node {node} the subnet {expected}/24, but status.podIP is {ip}"
+                );
+            }
+            let netns = lab.add_pod(&node, &name, Some(ip))?.netns_path();
+            let annotations = nested_hash(doc, &["metadata", "annotations"])?;
+            annotations.insert(
+                Yaml::from_str(NETNS_ANNOTATION),
+                Yaml::String(netns.display().to_string()),
+            );
+        }
+        let config = LabConfig {
+            docs,
+            path: lab.run_dir().join("mesh.yaml"),
+        };
+        config.save()?;
+        Ok((lab, config))
+    }
+}
