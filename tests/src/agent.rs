@@ -12,23 +12,29 @@ use crate::lab::Lab;
 use crate::pod::in_cgroup_and_netns;
 
 /// The `mesh-agent` binary under test: `$WEFT_AGENT_BIN`, else the one cargo built
-/// next to the running test (`target/<profile>/mesh-agent`).
+/// next to the running test or xtask (`target/<profile>/mesh-agent`).
 pub fn agent_binary() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os("WEFT_AGENT_BIN") {
+    built_binary("mesh-agent", "WEFT_AGENT_BIN")
+}
+
+/// The lab's traffic tool (`src/bin/weft-load.rs`): `$WEFT_LOAD_BIN` or next to us.
+pub fn load_binary() -> Result<PathBuf> {
+    built_binary("weft-load", "WEFT_LOAD_BIN")
+}
+
+fn built_binary(name: &str, env: &str) -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os(env) {
         return Ok(PathBuf::from(path));
     }
     let exe = std::env::current_exe()?;
     // target/<profile>/deps/<test> or target/<profile>/<bin>
     for dir in exe.ancestors().skip(1).take(2) {
-        let candidate = dir.join("mesh-agent");
+        let candidate = dir.join(name);
         if candidate.is_file() {
             return Ok(candidate);
         }
     }
-    bail!(
-        "mesh-agent binary not found next to {}: build it first (`cargo build -p mesh-agent`) or set WEFT_AGENT_BIN",
-        exe.display()
-    )
+    bail!("{name} not found next to {}: build it first (`cargo build --workspace --bins`) or set {env}", exe.display())
 }
 
 pub struct Agent {

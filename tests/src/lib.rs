@@ -20,7 +20,7 @@ mod node;
 mod pod;
 mod topology;
 
-pub use agent::{Agent, agent_binary};
+pub use agent::{Agent, agent_binary, load_binary};
 pub use clean::{clean_leftovers, leftovers};
 pub use exec::run;
 pub use lab::Lab;

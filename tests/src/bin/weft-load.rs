@@ -1,0 +1,174 @@
+//! `weft-load`: the lab's traffic tool, run as a real process inside lab pods.
+//!
+//! Servers: `echo PORT` (echoes everything), `sink PORT` (reads and discards,
+//! then reports the byte count back when the client half-closes).
+//! Clients, each printing one JSON line:
+//! - `rr ADDR --conns N --secs S --size B`: N connections, each sending B bytes
+//!   and waiting for the B-byte echo, back to back; latency percentiles.
+//! - `connect ADDR --secs S --conns N`: new connection + one 1-byte echo each.
+//! - `bulk ADDR --mib M`: one connection streaming M MiB to a sink.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("echo") => serve(&args, echo),
+        Some("sink") => serve(&args, sink),
+        Some("rr") => request_response(&args),
+        Some("connect") => connect_rate(&args),
+        Some("bulk") => bulk(&args),
+        _ => Err("usage: weft-load echo|sink PORT | rr|connect|bulk ADDR [options]".into()),
+    };
+    if let Err(e) = result {
+        eprintln!("weft-load: {e}");
+        std::process::exit(1);
+    }
+}
+
+type Result<T> = std::result::Result<T, String>;
+
+fn flag(args: &[String], name: &str, default: u64) -> Result<u64> {
+    match args.iter().position(|a| a == name) {
+        Some(i) => args.get(i + 1).and_then(|v| v.parse().ok()).ok_or(format!("{name} needs a number")),
+        None => Ok(default),
+    }
+}
+
+fn positional(args: &[String]) -> Result<&str> {
+    args.get(1).map(String::as_str).ok_or_else(|| "missing address or port".into())
+}
+
+fn serve(args: &[String], handler: fn(TcpStream)) -> Result<()> {
+    let port = positional(args)?;
+    let listener = TcpListener::bind(format!("0.0.0.0:{port}")).map_err(|e| format!("bind {port}: {e}"))?;
+    println!("listening on {port}");
+    for stream in listener.incoming().flatten() {
+        std::thread::spawn(move || handler(stream));
+    }
+    Ok(())
+}
+
+fn echo(mut stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(n) = stream.read(&mut buf) {
+        if n == 0 || stream.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+}
+
+fn sink(mut stream: TcpStream) {
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total: u64 = 0;
+    while let Ok(n) = stream.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+    }
+    let _ = stream.write_all(&total.to_be_bytes());
+}
+
+fn connect(addr: &str) -> Result<TcpStream> {
+    let stream = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    Ok(stream)
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn request_response(args: &[String]) -> Result<()> {
+    let addr = positional(args)?.to_string();
+    let (conns, secs, size) = (flag(args, "--conns", 8)?, flag(args, "--secs", 3)?, flag(args, "--size", 1024)? as usize);
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let workers: Vec<_> = (0..conns)
+        .map(|_| {
+            let addr = addr.clone();
+            std::thread::spawn(move || -> Result<Vec<u64>> {
+                let mut stream = connect(&addr)?;
+                let request = vec![7u8; size];
+                let mut reply = vec![0u8; size];
+                let mut samples = Vec::new();
+                while Instant::now() < deadline {
+                    let start = Instant::now();
+                    stream.write_all(&request).map_err(|e| e.to_string())?;
+                    stream.read_exact(&mut reply).map_err(|e| e.to_string())?;
+                    samples.push(start.elapsed().as_micros() as u64);
+                }
+                Ok(samples)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for w in workers {
+        all.extend(w.join().map_err(|_| "worker panicked")??);
+    }
+    all.sort_unstable();
+    println!(
+        "{{\"requests\":{},\"rps\":{:.0},\"p50_us\":{},\"p99_us\":{}}}",
+        all.len(),
+        all.len() as f64 / secs as f64,
+        percentile(&all, 0.50),
+        percentile(&all, 0.99)
+    );
+    Ok(())
+}
+
+fn connect_rate(args: &[String]) -> Result<()> {
+    let addr = positional(args)?.to_string();
+    let (conns, secs) = (flag(args, "--conns", 4)?, flag(args, "--secs", 3)?);
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let workers: Vec<_> = (0..conns)
+        .map(|_| {
+            let addr = addr.clone();
+            std::thread::spawn(move || -> Result<u64> {
+                let mut count = 0;
+                while Instant::now() < deadline {
+                    let mut stream = connect(&addr)?;
+                    stream.write_all(b"x").map_err(|e| e.to_string())?;
+                    let mut one = [0u8; 1];
+                    stream.read_exact(&mut one).map_err(|e| e.to_string())?;
+                    count += 1;
+                }
+                Ok(count)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for w in workers {
+        total += w.join().map_err(|_| "worker panicked")??;
+    }
+    println!("{{\"connections\":{total},\"per_sec\":{:.0}}}", total as f64 / secs as f64);
+    Ok(())
+}
+
+fn bulk(args: &[String]) -> Result<()> {
+    let addr = positional(args)?;
+    let mib = flag(args, "--mib", 512)?;
+    let mut stream = connect(addr)?;
+    let chunk = vec![1u8; 256 * 1024];
+    let start = Instant::now();
+    for _ in 0..mib * 4 {
+        stream.write_all(&chunk).map_err(|e| e.to_string())?;
+    }
+    stream.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
+    let mut received = [0u8; 8];
+    stream.read_exact(&mut received).map_err(|e| format!("sink's byte count: {e}"))?;
+    let secs = start.elapsed().as_secs_f64();
+    let bytes = u64::from_be_bytes(received);
+    if bytes != mib * 1024 * 1024 {
+        return Err(format!("sink received {bytes} bytes of {}", mib * 1024 * 1024));
+    }
+    println!("{{\"bytes\":{bytes},\"secs\":{secs:.3},\"mib_per_sec\":{:.1}}}", bytes as f64 / secs / 1048576.0);
+    Ok(())
+}
