@@ -34,7 +34,10 @@ fn built_binary(name: &str, env: &str) -> Result<PathBuf> {
             return Ok(candidate);
         }
     }
-    bail!("{name} not found next to {}: build it first (`cargo build --workspace --bins`) or set {env}", exe.display())
+    bail!(
+        "{name} not found next to {}: build it first (`cargo build --workspace --bins`) or set {env}",
+        exe.display()
+    )
 }
 
 pub struct Agent {

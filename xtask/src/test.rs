@@ -21,10 +21,10 @@ pub fn run() -> Result<()> {
             "warnings",
         ]),
     )?;
-    // The end-to-end tests run the agent binary that this build leaves in target/.
+    // The end-to-end tests run the binaries that this build leaves in target/.
     step(
-        "build mesh-agent",
-        cargo().args(["build", "-p", "mesh-agent", "--bins"]),
+        "build the agent and the lab's tools",
+        cargo().args(["build", "--workspace", "--bins"]),
     )?;
     let leftovers = lab::clean_leftovers()?;
     if !leftovers.is_empty() {

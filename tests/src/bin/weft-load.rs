@@ -32,18 +32,24 @@ type Result<T> = std::result::Result<T, String>;
 
 fn flag(args: &[String], name: &str, default: u64) -> Result<u64> {
     match args.iter().position(|a| a == name) {
-        Some(i) => args.get(i + 1).and_then(|v| v.parse().ok()).ok_or(format!("{name} needs a number")),
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|v| v.parse().ok())
+            .ok_or(format!("{name} needs a number")),
         None => Ok(default),
     }
 }
 
 fn positional(args: &[String]) -> Result<&str> {
-    args.get(1).map(String::as_str).ok_or_else(|| "missing address or port".into())
+    args.get(1)
+        .map(String::as_str)
+        .ok_or_else(|| "missing address or port".into())
 }
 
 fn serve(args: &[String], handler: fn(TcpStream)) -> Result<()> {
     let port = positional(args)?;
-    let listener = TcpListener::bind(format!("0.0.0.0:{port}")).map_err(|e| format!("bind {port}: {e}"))?;
+    let listener =
+        TcpListener::bind(format!("0.0.0.0:{port}")).map_err(|e| format!("bind {port}: {e}"))?;
     println!("listening on {port}");
     for stream in listener.incoming().flatten() {
         std::thread::spawn(move || handler(stream));
@@ -89,7 +95,11 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 
 fn request_response(args: &[String]) -> Result<()> {
     let addr = positional(args)?.to_string();
-    let (conns, secs, size) = (flag(args, "--conns", 8)?, flag(args, "--secs", 3)?, flag(args, "--size", 1024)? as usize);
+    let (conns, secs, size) = (
+        flag(args, "--conns", 8)?,
+        flag(args, "--secs", 3)?,
+        flag(args, "--size", 1024)? as usize,
+    );
     let deadline = Instant::now() + Duration::from_secs(secs);
     let workers: Vec<_> = (0..conns)
         .map(|_| {
@@ -148,7 +158,10 @@ fn connect_rate(args: &[String]) -> Result<()> {
     for w in workers {
         total += w.join().map_err(|_| "worker panicked")??;
     }
-    println!("{{\"connections\":{total},\"per_sec\":{:.0}}}", total as f64 / secs as f64);
+    println!(
+        "{{\"connections\":{total},\"per_sec\":{:.0}}}",
+        total as f64 / secs as f64
+    );
     Ok(())
 }
 
@@ -161,14 +174,24 @@ fn bulk(args: &[String]) -> Result<()> {
     for _ in 0..mib * 4 {
         stream.write_all(&chunk).map_err(|e| e.to_string())?;
     }
-    stream.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
+    stream
+        .shutdown(Shutdown::Write)
+        .map_err(|e| e.to_string())?;
     let mut received = [0u8; 8];
-    stream.read_exact(&mut received).map_err(|e| format!("sink's byte count: {e}"))?;
+    stream
+        .read_exact(&mut received)
+        .map_err(|e| format!("sink's byte count: {e}"))?;
     let secs = start.elapsed().as_secs_f64();
     let bytes = u64::from_be_bytes(received);
     if bytes != mib * 1024 * 1024 {
-        return Err(format!("sink received {bytes} bytes of {}", mib * 1024 * 1024));
+        return Err(format!(
+            "sink received {bytes} bytes of {}",
+            mib * 1024 * 1024
+        ));
     }
-    println!("{{\"bytes\":{bytes},\"secs\":{secs:.3},\"mib_per_sec\":{:.1}}}", bytes as f64 / secs / 1048576.0);
+    println!(
+        "{{\"bytes\":{bytes},\"secs\":{secs:.3},\"mib_per_sec\":{:.1}}}",
+        bytes as f64 / secs / 1048576.0
+    );
     Ok(())
 }
