@@ -2,3 +2,4 @@
 //! Modules follow DESIGN §3, one concern each.
 
 pub mod cli;
+pub mod proxy;
