@@ -13,6 +13,7 @@ use http::{Method, Request, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
+use super::keepalive::keepalive;
 use super::stream::{TunnelStream, h2_to_io};
 use super::{TunnelConfig, TunnelError};
 
@@ -97,7 +98,7 @@ impl TunnelClient {
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let (sender, connection) = h2::client::Builder::new()
+        let (sender, mut connection) = h2::client::Builder::new()
             .initial_window_size(config.stream_window)
             .initial_connection_window_size(config.connection_window)
             .max_frame_size(config.max_frame_size)
@@ -113,6 +114,11 @@ impl TunnelClient {
         });
         let driver_state = Arc::clone(&state);
         let idle = config.pool_idle_timeout;
+        let ping = keepalive(
+            connection.ping_pong(),
+            config.keepalive_interval,
+            config.keepalive_timeout,
+        );
         tokio::spawn(async move {
             tokio::select! {
                 res = connection => match res {
@@ -120,6 +126,7 @@ impl TunnelClient {
                     Err(e) => debug!(error = %e, "tunnel connection ended"),
                 },
                 () = idle_watch(&driver_state, idle) => debug!("closing idle tunnel connection"),
+                () = ping => {}
             }
             driver_state.mark_closed();
             on_close();

@@ -8,6 +8,7 @@
 //! upgrade channel and buffering layer hyper puts in front of them.
 
 mod client;
+mod keepalive;
 mod pool;
 mod server;
 mod stream;
@@ -40,6 +41,10 @@ pub struct TunnelConfig {
     pub pool_idle_timeout: Duration,
     /// Bound on dial + handshake, and on waiting for a CONNECT response.
     pub connect_timeout: Duration,
+    /// Send an HTTP/2 PING this often on every tunnel connection (`None`: off)…
+    pub keepalive_interval: Option<Duration>,
+    /// …and close the connection if the answer takes longer than this.
+    pub keepalive_timeout: Duration,
 }
 
 impl Default for TunnelConfig {
@@ -53,6 +58,8 @@ impl Default for TunnelConfig {
             max_streams_per_connection: 100,
             pool_idle_timeout: Duration::from_secs(5 * 60),
             connect_timeout: Duration::from_secs(10),
+            keepalive_interval: Some(Duration::from_secs(10)),
+            keepalive_timeout: Duration::from_secs(20),
         }
     }
 }

@@ -157,7 +157,14 @@ where
         let connect = async {
             let io = dial().await?;
             let weak = Arc::downgrade(&self.inner);
-            let gauge = self.inner.gauge.clone();
+            // Counted before the handshake, so the driver's decrement (which
+            // may run as soon as the handshake is done) never comes first;
+            // `Uncounted` takes it back if the handshake fails or is dropped.
+            let mut pending = Uncounted(self.inner.gauge.clone());
+            if let Some(g) = &pending.0 {
+                g.inc();
+            }
+            let gauge = pending.0.clone();
             let client = TunnelClient::handshake(io, config, move || {
                 if let Some(g) = gauge {
                     g.dec();
@@ -165,9 +172,7 @@ where
                 forget_closed(&weak, &key);
             })
             .await?;
-            if let Some(g) = &self.inner.gauge {
-                g.inc();
-            }
+            pending.0 = None;
             Ok(client)
         };
         match tokio::time::timeout(config.connect_timeout, connect).await {
@@ -201,6 +206,17 @@ where
             .values()
             .map(|e| e.clients.iter().filter(|c| !c.is_closed()).count())
             .sum()
+    }
+}
+
+/// A gauge increment to undo unless the connection came up.
+struct Uncounted(Option<IntGauge>);
+
+impl Drop for Uncounted {
+    fn drop(&mut self) {
+        if let Some(g) = self.0.take() {
+            g.dec();
+        }
     }
 }
 

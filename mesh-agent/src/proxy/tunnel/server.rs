@@ -13,6 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::keepalive::keepalive;
 use super::{TunnelConfig, TunnelStream};
 use crate::proxy::copy::{CopyConfig, CopyEnd, CopyObserver, copy_bidirectional};
 
@@ -97,6 +98,12 @@ where
         },
         () = cancel.cancelled() => return Ok(()),
     };
+    let ping = keepalive(
+        conn.ping_pong(),
+        config.keepalive_interval,
+        config.keepalive_timeout,
+    );
+    tokio::pin!(ping);
     let peer = Arc::new(peer);
     // Streams end with the connection: closing it cancels this child token.
     let streams = cancel.child_token();
@@ -108,6 +115,7 @@ where
                 conn.abrupt_shutdown(h2::Reason::NO_ERROR);
                 return Ok(());
             }
+            () = &mut ping => return Ok(()),
         };
         let (request, respond) = match next {
             None => return Ok(()),

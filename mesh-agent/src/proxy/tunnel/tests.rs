@@ -375,3 +375,36 @@ async fn cancelling_the_server_closes_its_streams() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn keepalive_closes_a_connection_to_a_silent_peer() {
+    // Accepts TCP and never speaks HTTP/2: no SETTINGS, no PING answer.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let _silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            held.push(s);
+        }
+    });
+    let config = TunnelConfig {
+        keepalive_interval: Some(Duration::from_millis(100)),
+        keepalive_timeout: Duration::from_millis(200),
+        connect_timeout: Duration::from_secs(600),
+        ..TunnelConfig::default()
+    };
+    let gauge = prometheus::IntGauge::new("g", "g").unwrap();
+    let pool: Pool<()> = Pool::new(config, Some(gauge.clone()));
+    let target = "127.0.0.1:9".parse().unwrap();
+    // Without keepalive this would wait for the (huge) connect timeout.
+    let e = within(pool.connect(&(), target, || TcpStream::connect(addr)))
+        .await
+        .unwrap_err();
+    assert!(!matches!(e, TunnelError::Timeout), "{e}");
+    within(async {
+        while pool.connection_count() > 0 || gauge.get() != 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
