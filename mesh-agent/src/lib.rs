@@ -5,3 +5,5 @@ pub mod check;
 pub mod cli;
 pub mod ebpf;
 pub mod netns;
+pub mod proxy;
+pub mod telemetry;

@@ -1,0 +1,261 @@
+//! Bidirectional byte copying between two streams, as the data path needs it:
+//! half-close is propagated (EOF on one side shuts down writing on the other while
+//! the opposite direction keeps flowing), an idle timeout closes both sides, each
+//! direction owns one fixed-size buffer allocated once (a slow peer stalls the
+//! reader instead of growing memory), and every write is reported to an observer
+//! so counters move while a long connection is still open.
+
+use std::future::{Future, poll_fn};
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// Default size of each direction's buffer.
+pub const DEFAULT_BUFFER_SIZE: usize = 32 * 1024;
+
+/// Buffers moved per direction before yielding to the scheduler.
+const MAX_ROUNDS_PER_POLL: usize = 32;
+
+/// How a copy behaves.
+#[derive(Clone, Debug)]
+pub struct CopyConfig {
+    /// Bytes buffered per direction; the only memory a copy holds.
+    pub buffer_size: usize,
+    /// Close both sides when no byte moved in either direction for this long.
+    pub idle_timeout: Option<Duration>,
+}
+
+impl Default for CopyConfig {
+    fn default() -> Self {
+        Self {
+            buffer_size: DEFAULT_BUFFER_SIZE,
+            idle_timeout: Some(Duration::from_secs(60 * 60)),
+        }
+    }
+}
+
+/// Which way bytes were travelling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    AToB,
+    BToA,
+}
+
+/// How a copy ended.
+#[derive(Debug)]
+pub enum CopyEnd {
+    /// Both sides sent EOF and both shutdowns went through.
+    Completed,
+    /// Nothing moved for the configured idle timeout.
+    IdleTimeout,
+    /// An I/O error, in the direction where it happened.
+    Error(Direction, io::Error),
+}
+
+/// Bytes moved each way and how the copy ended.
+#[derive(Debug)]
+pub struct CopyResult {
+    pub a_to_b: u64,
+    pub b_to_a: u64,
+    pub end: CopyEnd,
+}
+
+impl CopyResult {
+    pub fn is_ok(&self) -> bool {
+        matches!(self.end, CopyEnd::Completed)
+    }
+}
+
+/// Told about every chunk written, as it is written, and about the end.
+pub trait CopyObserver {
+    fn on_bytes(&mut self, direction: Direction, n: u64);
+    fn on_end(&mut self, _result: &CopyResult) {}
+}
+
+impl CopyObserver for () {
+    fn on_bytes(&mut self, _: Direction, _: u64) {}
+}
+
+impl<F: FnMut(Direction, u64)> CopyObserver for F {
+    fn on_bytes(&mut self, direction: Direction, n: u64) {
+        self(direction, n)
+    }
+}
+
+/// Copies `a → b` and `b → a` until both directions are done, the idle timeout
+/// fires, or either side fails. Neither stream is closed here beyond the
+/// write-shutdowns that propagate EOF; the caller drops them.
+pub async fn copy_bidirectional<A, B, O>(
+    a: &mut A,
+    b: &mut B,
+    config: &CopyConfig,
+    observer: &mut O,
+) -> CopyResult
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    O: CopyObserver + ?Sized,
+{
+    let size = config.buffer_size.max(1024);
+    let mut ab = Half::new(size);
+    let mut ba = Half::new(size);
+    let mut idle = config
+        .idle_timeout
+        .map(|d| (d, Box::pin(tokio::time::sleep(d))));
+    let mut last_activity = Instant::now();
+
+    let end = poll_fn(|cx| {
+        let before = (ab.progress, ba.progress);
+        let ab_done = match ab.poll_copy(cx, &mut *a, &mut *b, Direction::AToB, observer) {
+            Poll::Ready(Err(e)) => return Poll::Ready(CopyEnd::Error(Direction::AToB, e)),
+            Poll::Ready(Ok(())) => true,
+            Poll::Pending => false,
+        };
+        let ba_done = match ba.poll_copy(cx, &mut *b, &mut *a, Direction::BToA, observer) {
+            Poll::Ready(Err(e)) => return Poll::Ready(CopyEnd::Error(Direction::BToA, e)),
+            Poll::Ready(Ok(())) => true,
+            Poll::Pending => false,
+        };
+        if ab_done && ba_done {
+            return Poll::Ready(CopyEnd::Completed);
+        }
+        if let Some((timeout, sleep)) = idle.as_mut() {
+            if (ab.progress, ba.progress) != before {
+                last_activity = Instant::now();
+            }
+            poll_idle(cx, sleep.as_mut(), last_activity, *timeout)
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+
+    let result = CopyResult {
+        a_to_b: ab.amount,
+        b_to_a: ba.amount,
+        end,
+    };
+    observer.on_end(&result);
+    result
+}
+
+/// Ready once nothing has moved for `timeout`; re-arms the timer lazily, only
+/// when it fires, so busy connections do not touch the timer wheel per chunk.
+fn poll_idle(
+    cx: &mut Context<'_>,
+    mut sleep: Pin<&mut Sleep>,
+    last_activity: Instant,
+    timeout: Duration,
+) -> Poll<CopyEnd> {
+    loop {
+        ready!(sleep.as_mut().poll(cx));
+        let deadline = last_activity + timeout;
+        if deadline <= Instant::now() {
+            return Poll::Ready(CopyEnd::IdleTimeout);
+        }
+        sleep.as_mut().reset(deadline);
+    }
+}
+
+/// One direction: a fixed buffer, what part of it still has to be written, and
+/// whether the reader is done and the writer shut down.
+struct Half {
+    buf: Box<[u8]>,
+    pos: usize,
+    filled: usize,
+    read_eof: bool,
+    shut_down: bool,
+    need_flush: bool,
+    amount: u64,
+    /// Bumped whenever bytes are read or written; the idle timer watches it.
+    progress: u64,
+}
+
+impl Half {
+    fn new(size: usize) -> Self {
+        Self {
+            buf: vec![0u8; size].into_boxed_slice(),
+            pos: 0,
+            filled: 0,
+            read_eof: false,
+            shut_down: false,
+            need_flush: false,
+            amount: 0,
+            progress: 0,
+        }
+    }
+
+    fn poll_copy<R, W, O>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+        writer: &mut W,
+        direction: Direction,
+        observer: &mut O,
+    ) -> Poll<io::Result<()>>
+    where
+        R: AsyncRead + Unpin + ?Sized,
+        W: AsyncWrite + Unpin + ?Sized,
+        O: CopyObserver + ?Sized,
+    {
+        // Yield after a few buffers so a always-ready pair cannot starve the
+        // other direction or the runtime.
+        for _ in 0..MAX_ROUNDS_PER_POLL {
+            if self.shut_down {
+                return Poll::Ready(Ok(()));
+            }
+            // Refill only once the buffer is fully written: the buffer is the bound.
+            if self.pos == self.filled && !self.read_eof {
+                let mut rb = ReadBuf::new(&mut self.buf);
+                match Pin::new(&mut *reader).poll_read(cx, &mut rb) {
+                    Poll::Ready(Ok(())) => {
+                        let n = rb.filled().len();
+                        self.pos = 0;
+                        self.filled = n;
+                        if n == 0 {
+                            self.read_eof = true;
+                        } else {
+                            self.progress += 1;
+                        }
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {
+                        // Nothing more to read right now: push out what was written.
+                        if self.need_flush {
+                            ready!(Pin::new(&mut *writer).poll_flush(cx))?;
+                            self.need_flush = false;
+                        }
+                        return Poll::Pending;
+                    }
+                }
+            }
+            while self.pos < self.filled {
+                let chunk = &self.buf[self.pos..self.filled];
+                let n = ready!(Pin::new(&mut *writer).poll_write(cx, chunk))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.pos += n;
+                self.amount += n as u64;
+                self.progress += 1;
+                self.need_flush = true;
+                observer.on_bytes(direction, n as u64);
+            }
+            if self.read_eof {
+                // EOF from the reader: flush and half-close the writer.
+                ready!(Pin::new(&mut *writer).poll_shutdown(cx))?;
+                self.shut_down = true;
+                return Poll::Ready(Ok(()));
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,219 @@
+//! The inbound listeners of a pod: the tunnel (`15008`, HTTP/2 CONNECT) and
+//! plaintext (`15006`, what `sk_lookup` steers there). Both forward to the app
+//! through the agent's `Dialer`.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, warn};
+
+use super::accept::accept_loop;
+use super::copy::{CopyObserver, CopyResult, Direction};
+use super::pod::{ConnectionPermit, PodConnections};
+use super::tunnel::{Refusal, StreamHandler, serve_connection};
+use super::{Dialer, Shared, bridge, dial, reset};
+use crate::telemetry::{ConnectionLabels, ConnectionMetrics, RefuseReason};
+
+/// What the inbound handlers ask of the agent, for one pod.
+pub trait InboundContext: Send + Sync + 'static {
+    type Dialer: Dialer;
+    /// The tunnel's transport after `accept_tunnel` (TLS with mTLS).
+    type TunnelIo: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// Who is at the other end of a tunnel connection (address now; the
+    /// verified identity with mTLS).
+    type Peer: Send + Sync + 'static;
+
+    /// Connects to the app.
+    fn dialer(&self) -> &Self::Dialer;
+
+    /// Turns an accepted `15008` connection into the tunnel transport
+    /// (identity for plaintext; the TLS handshake with mTLS).
+    fn accept_tunnel(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+    ) -> impl Future<Output = io::Result<(Self::TunnelIo, Self::Peer)>> + Send;
+
+    /// May `peer` reach `target` (the CONNECT authority) in this pod? The
+    /// agent checks the target is this pod's address, and later policy. `Ok`
+    /// gives the labels for the stream's metrics (reporter `destination`).
+    fn authorize(&self, peer: &Self::Peer, target: SocketAddr)
+    -> Result<ConnectionLabels, Refusal>;
+
+    /// May plaintext from `peer` to `local` (the original destination, kept by
+    /// `sk_lookup`) go through? `Ok` gives the metric labels.
+    fn inbound_plaintext_allowed(
+        &self,
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) -> Result<ConnectionLabels, Refusal>;
+}
+
+/// Runs the pod's tunnel listener until `pod` stops accepting; its open
+/// tunnel connections close when the pod's connections are closed.
+pub async fn run_inbound_tunnel<C: InboundContext>(
+    listener: TcpListener,
+    ctx: Arc<C>,
+    shared: Shared,
+    pod: PodConnections,
+) {
+    let handler = Arc::new(TunnelHandler {
+        ctx: Arc::clone(&ctx),
+        shared: shared.clone(),
+        pod: pod.clone(),
+    });
+    let metrics = Arc::clone(&shared.metrics);
+    accept_loop(listener, pod.clone(), &metrics, "inbound tunnel", |tcp, peer, permit| {
+        let (ctx, handler, shared, pod) = (ctx.clone(), handler.clone(), shared.clone(), pod.clone());
+        async move {
+            let config = &shared.config;
+            let accepted = tokio::select! {
+                r = tokio::time::timeout(config.tunnel.connect_timeout, ctx.accept_tunnel(tcp, peer)) => r,
+                () = pod.connections_token().cancelled() => return,
+            };
+            let (io, peer_info) = match accepted {
+                Ok(Ok(a)) => a,
+                Ok(Err(e)) => return warn!(pod = pod.name(), %peer, error = %e, "tunnel accept failed"),
+                Err(_) => return warn!(pod = pod.name(), %peer, "tunnel accept timed out"),
+            };
+            let cancel = pod.connections_token().clone();
+            if let Err(e) = serve_connection(io, peer_info, handler, &config.tunnel, &config.copy, cancel).await {
+                debug!(pod = pod.name(), %peer, error = %e, "tunnel connection ended");
+            }
+            drop(permit);
+        }
+    })
+    .await;
+}
+
+struct TunnelHandler<C> {
+    ctx: Arc<C>,
+    shared: Shared,
+    pod: PodConnections,
+}
+
+/// A bridged tunnel stream: its metrics and its slot in the pod's cap.
+struct StreamSession {
+    metrics: ConnectionMetrics,
+    _permit: ConnectionPermit,
+}
+
+impl CopyObserver for StreamSession {
+    fn on_bytes(&mut self, direction: Direction, n: u64) {
+        self.metrics.on_bytes(direction, n);
+    }
+    fn on_end(&mut self, result: &CopyResult) {
+        self.metrics.on_end(result);
+    }
+}
+
+impl<C: InboundContext> StreamHandler<C::Peer> for TunnelHandler<C> {
+    type Upstream = TcpStream;
+    type Session = StreamSession;
+
+    async fn open(
+        &self,
+        target: SocketAddr,
+        peer: &C::Peer,
+    ) -> Result<(TcpStream, StreamSession), Refusal> {
+        let metrics = &self.shared.metrics;
+        let Some(permit) = self.pod.try_acquire() else {
+            metrics.refused(RefuseReason::Limit);
+            return Err(Refusal::unavailable("pod connection limit reached"));
+        };
+        let labels = self.ctx.authorize(peer, target).inspect_err(|r| {
+            metrics.refused(RefuseReason::Policy);
+            debug!(pod = self.pod.name(), %target, refusal = %r, "tunnel stream not authorized");
+        })?;
+        let upstream = dial(
+            self.ctx.dialer(),
+            target,
+            self.shared.config.connect_timeout,
+        )
+        .await
+        .map_err(|e| {
+            metrics.refused(RefuseReason::UpstreamConnect);
+            warn!(pod = self.pod.name(), %target, error = %e, "connecting to the app failed");
+            Refusal::unavailable(format!("connect {target}: {e}"))
+        })?;
+        let _ = upstream.set_nodelay(true);
+        Ok((
+            upstream,
+            StreamSession {
+                metrics: metrics.connection(&labels),
+                _permit: permit,
+            },
+        ))
+    }
+}
+
+/// Runs the pod's plaintext inbound listener until `pod` stops accepting.
+pub async fn run_inbound_plaintext<C: InboundContext>(
+    listener: TcpListener,
+    ctx: Arc<C>,
+    shared: Shared,
+    pod: PodConnections,
+) {
+    let metrics = Arc::clone(&shared.metrics);
+    accept_loop(
+        listener,
+        pod.clone(),
+        &metrics,
+        "inbound plaintext",
+        |client, peer, permit| {
+            let (ctx, shared, pod) = (ctx.clone(), shared.clone(), pod.clone());
+            async move {
+                plaintext(client, peer, &*ctx, &shared, &pod).await;
+                drop(permit);
+            }
+        },
+    )
+    .await;
+}
+
+async fn plaintext<C: InboundContext>(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    ctx: &C,
+    shared: &Shared,
+    pod: &PodConnections,
+) {
+    let metrics = &shared.metrics;
+    // sk_lookup hands us the connection unchanged: its local address is
+    // where the client was going.
+    let local = match client.local_addr() {
+        Ok(a) => a,
+        Err(e) => return debug!(pod = pod.name(), %peer, error = %e, "no local address"),
+    };
+    let labels = match ctx.inbound_plaintext_allowed(peer, local) {
+        Ok(l) => l,
+        Err(refusal) => {
+            metrics.refused(RefuseReason::Policy);
+            debug!(pod = pod.name(), %peer, %local, %refusal, "plaintext inbound refused");
+            return reset(client);
+        }
+    };
+    let mut upstream = match dial(ctx.dialer(), local, shared.config.connect_timeout).await {
+        Ok(s) => s,
+        Err(e) => {
+            metrics.refused(RefuseReason::UpstreamConnect);
+            warn!(pod = pod.name(), %peer, %local, error = %e, "connecting to the app failed");
+            return reset(client);
+        }
+    };
+    let _ = upstream.set_nodelay(true);
+    let conn = metrics.connection(&labels);
+    bridge(
+        &mut client,
+        &mut upstream,
+        conn,
+        &shared.config.copy,
+        pod,
+        "inbound plaintext",
+    )
+    .await;
+}

@@ -1,0 +1,172 @@
+//! The outbound listener (`15001` in each pod): every connection the pod's apps
+//! make, redirected by the kernel programs. Looks up where it was going, then
+//! reaches it through the tunnel or directly.
+
+use std::future::Future;
+use std::hash::Hash;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, warn};
+
+use super::accept::accept_loop;
+use super::pod::PodConnections;
+use super::tunnel::Pool;
+use super::{Dialer, Shared, bridge, dial, reset};
+use crate::telemetry::{ConnectionLabels, RefuseReason};
+
+/// Where an outbound connection goes, decided by the agent's state lookup.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OutboundTarget<K> {
+    /// Through the tunnel: CONNECT `target` (the `:authority`) on a pooled
+    /// connection for `pool_key` to `tunnel_addr` (destination pod IP:15008).
+    Tunnel {
+        tunnel_addr: SocketAddr,
+        target: SocketAddr,
+        pool_key: K,
+    },
+    /// Straight to this address from a socket in the pod's netns.
+    Direct(SocketAddr),
+    /// Not allowed; the client gets a reset. The text is logged.
+    Refuse(String),
+}
+
+/// A resolved connection: where it goes and the labels of its metrics
+/// (reporter `source`).
+#[derive(Clone, Debug)]
+pub struct Route<K> {
+    pub target: OutboundTarget<K>,
+    pub labels: ConnectionLabels,
+}
+
+/// What the outbound handler asks of the agent, for one pod.
+pub trait OutboundContext: Send + Sync + 'static {
+    /// Pool key: (source identity, destination identity, destination IP) in Weft.
+    type PoolKey: Clone + Eq + Hash + Send + Sync + 'static;
+    type Dialer: Dialer;
+    /// The tunnel's transport: TCP now, TLS over TCP with mTLS.
+    type TunnelIo: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+
+    /// The destination the app connected to before redirection, looked up by
+    /// the app's side of the connection (`peer` of the accepted socket).
+    fn original_destination(&self, peer: SocketAddr) -> Option<SocketAddr>;
+
+    /// Picks the route for a connection from `peer` to `original_dst`.
+    fn resolve(&self, peer: SocketAddr, original_dst: SocketAddr) -> Route<Self::PoolKey>;
+
+    /// Used for `Direct` targets.
+    fn dialer(&self) -> &Self::Dialer;
+
+    /// A new transport to `tunnel_addr` for the pool (called only when the
+    /// pool has no usable connection for `key`).
+    fn connect_tunnel(
+        &self,
+        tunnel_addr: SocketAddr,
+        key: &Self::PoolKey,
+    ) -> impl Future<Output = io::Result<Self::TunnelIo>> + Send;
+}
+
+/// Runs the pod's outbound listener until `pod` stops accepting.
+pub async fn run_outbound<C: OutboundContext>(
+    listener: TcpListener,
+    ctx: Arc<C>,
+    pool: Pool<C::PoolKey>,
+    shared: Shared,
+    pod: PodConnections,
+) {
+    let metrics = Arc::clone(&shared.metrics);
+    accept_loop(
+        listener,
+        pod.clone(),
+        &metrics,
+        "outbound",
+        |client, peer, permit| {
+            let (ctx, pool, shared, pod) = (ctx.clone(), pool.clone(), shared.clone(), pod.clone());
+            async move {
+                handle(client, peer, &*ctx, &pool, &shared, &pod).await;
+                drop(permit);
+            }
+        },
+    )
+    .await;
+}
+
+async fn handle<C: OutboundContext>(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    ctx: &C,
+    pool: &Pool<C::PoolKey>,
+    shared: &Shared,
+    pod: &PodConnections,
+) {
+    let metrics = &shared.metrics;
+    let Some(original) = ctx.original_destination(peer) else {
+        metrics.refused(RefuseReason::NoOriginalDestination);
+        warn!(pod = pod.name(), %peer, "no original destination recorded, closing");
+        return reset(client);
+    };
+    let Route { target, labels } = ctx.resolve(peer, original);
+    let config = &shared.config;
+    match target {
+        OutboundTarget::Refuse(why) => {
+            metrics.refused(RefuseReason::Policy);
+            debug!(pod = pod.name(), %peer, %original, why, "outbound connection refused");
+            reset(client)
+        }
+        OutboundTarget::Direct(addr) => {
+            let mut upstream = match dial(ctx.dialer(), addr, config.connect_timeout).await {
+                Ok(s) => s,
+                Err(e) => {
+                    metrics.refused(RefuseReason::UpstreamConnect);
+                    warn!(pod = pod.name(), %peer, %addr, error = %e, "direct connect failed");
+                    return reset(client);
+                }
+            };
+            let _ = upstream.set_nodelay(true);
+            debug!(pod = pod.name(), %peer, %addr, "outbound direct");
+            let conn = metrics.connection(&labels);
+            bridge(
+                &mut client,
+                &mut upstream,
+                conn,
+                &config.copy,
+                pod,
+                "outbound direct",
+            )
+            .await;
+        }
+        OutboundTarget::Tunnel {
+            tunnel_addr,
+            target,
+            pool_key,
+        } => {
+            let opened = pool
+                .connect(&pool_key, target, || {
+                    ctx.connect_tunnel(tunnel_addr, &pool_key)
+                })
+                .await;
+            let mut stream = match opened {
+                Ok(s) => s,
+                Err(e) => {
+                    metrics.refused(RefuseReason::Tunnel);
+                    warn!(pod = pod.name(), %peer, %tunnel_addr, %target, error = %e, "tunnel connect failed");
+                    return reset(client);
+                }
+            };
+            debug!(pod = pod.name(), %peer, %tunnel_addr, %target, "outbound via tunnel");
+            let conn = metrics.connection(&labels);
+            bridge(
+                &mut client,
+                &mut stream,
+                conn,
+                &config.copy,
+                pod,
+                "outbound tunnel",
+            )
+            .await;
+        }
+    }
+}

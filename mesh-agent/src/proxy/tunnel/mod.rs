@@ -1,0 +1,99 @@
+//! The HBONE-style tunnel: HTTP/2 `CONNECT` with `:authority = <ip>:<port>` over
+//! an already established transport (plain TCP now, rustls later), carrying
+//! many streams per connection (DESIGN §3 "Identity and mTLS").
+//!
+//! Built on the `h2` crate directly rather than hyper: a CONNECT tunnel needs
+//! none of hyper's request/body machinery, and `h2` gives the stream's flow
+//! control and the connection's concurrency limits to us without the extra
+//! upgrade channel and buffering layer hyper puts in front of them.
+
+mod client;
+mod keepalive;
+mod pool;
+mod server;
+mod stream;
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use client::TunnelClient;
+pub use pool::Pool;
+pub use server::{Refusal, StreamHandler, serve_connection};
+pub use stream::TunnelStream;
+
+/// HTTP/2 and pooling knobs for both ends of the tunnel.
+#[derive(Clone, Debug)]
+pub struct TunnelConfig {
+    /// Initial flow-control window per stream (both directions advertise it).
+    pub stream_window: u32,
+    /// Initial flow-control window per connection.
+    pub connection_window: u32,
+    /// Largest DATA frame we accept.
+    pub max_frame_size: u32,
+    /// Bytes h2 may queue per stream before a writer waits.
+    pub max_send_buffer: usize,
+    /// Concurrent streams a server accepts per connection.
+    pub max_concurrent_streams: u32,
+    /// Streams a pooled client connection carries before the pool dials another.
+    pub max_streams_per_connection: usize,
+    /// A pooled connection with no stream for this long is closed (within 2×).
+    pub pool_idle_timeout: Duration,
+    /// Bound on dial + handshake, and on waiting for a CONNECT response.
+    pub connect_timeout: Duration,
+    /// Send an HTTP/2 PING this often on every tunnel connection (`None`: off)…
+    pub keepalive_interval: Option<Duration>,
+    /// …and close the connection if the answer takes longer than this.
+    pub keepalive_timeout: Duration,
+}
+
+impl Default for TunnelConfig {
+    fn default() -> Self {
+        Self {
+            stream_window: 4 * 1024 * 1024,
+            connection_window: 16 * 1024 * 1024,
+            max_frame_size: 256 * 1024,
+            max_send_buffer: 1024 * 1024,
+            max_concurrent_streams: 200,
+            max_streams_per_connection: 100,
+            pool_idle_timeout: Duration::from_secs(5 * 60),
+            connect_timeout: Duration::from_secs(10),
+            keepalive_interval: Some(Duration::from_secs(10)),
+            keepalive_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Why a tunnel stream could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    /// Dialling or the HTTP/2 handshake failed (shared by every request that
+    /// waited on the same dial).
+    #[error("tunnel connection failed: {0}")]
+    Dial(Arc<io::Error>),
+    /// The peer answered the CONNECT with a non-200 status.
+    #[error("tunnel CONNECT refused with status {0}")]
+    Status(http::StatusCode),
+    /// The connection or stream failed while opening the stream.
+    #[error("tunnel stream failed: {0}")]
+    Stream(#[from] h2::Error),
+    /// No CONNECT response within the connect timeout.
+    #[error("timed out waiting for the CONNECT response")]
+    Timeout,
+    /// The connection is closed or carries its maximum number of streams.
+    #[error("tunnel connection unavailable")]
+    Unavailable,
+}
+
+impl TunnelError {
+    /// The peer's answer, when it refused the CONNECT.
+    pub fn status(&self) -> Option<http::StatusCode> {
+        match self {
+            TunnelError::Status(s) => Some(*s),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,257 @@
+//! Istio's standard TCP metrics (DESIGN §3 "Observability") and Weft's own
+//! `weft_*` counters, in a registry of our own.
+
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+use crate::proxy::copy::{CopyObserver, Direction};
+
+/// Which end of the connection reports the series.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Reporter {
+    /// The agent next to the client (outbound).
+    #[default]
+    Source,
+    /// The agent next to the server (inbound).
+    Destination,
+}
+
+impl Reporter {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reporter::Source => "source",
+            Reporter::Destination => "destination",
+        }
+    }
+}
+
+/// `connection_security_policy`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SecurityPolicy {
+    #[default]
+    None,
+    MutualTls,
+}
+
+impl SecurityPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecurityPolicy::None => "none",
+            SecurityPolicy::MutualTls => "mutual_tls",
+        }
+    }
+}
+
+/// The labels of one connection's series. Empty strings render as `unknown`,
+/// as Istio does for values it cannot tell.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConnectionLabels {
+    pub reporter: Reporter,
+    pub source_workload: String,
+    pub source_workload_namespace: String,
+    pub source_principal: String,
+    pub destination_workload: String,
+    pub destination_workload_namespace: String,
+    pub destination_principal: String,
+    pub destination_service: String,
+    pub connection_security_policy: SecurityPolicy,
+}
+
+const TCP_LABELS: [&str; 9] = [
+    "reporter",
+    "source_workload",
+    "source_workload_namespace",
+    "source_principal",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_principal",
+    "destination_service",
+    "connection_security_policy",
+];
+
+impl ConnectionLabels {
+    fn values(&self) -> [&str; 9] {
+        fn or_unknown(s: &str) -> &str {
+            if s.is_empty() { "unknown" } else { s }
+        }
+        [
+            self.reporter.as_str(),
+            or_unknown(&self.source_workload),
+            or_unknown(&self.source_workload_namespace),
+            or_unknown(&self.source_principal),
+            or_unknown(&self.destination_workload),
+            or_unknown(&self.destination_workload_namespace),
+            or_unknown(&self.destination_principal),
+            or_unknown(&self.destination_service),
+            self.connection_security_policy.as_str(),
+        ]
+    }
+}
+
+/// Why the agent refused a connection (`weft_connections_refused_total{reason}`).
+/// A closed set, so the label cannot explode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefuseReason {
+    /// The pod is at its connection limit.
+    Limit,
+    /// No original destination was recorded for an outbound connection.
+    NoOriginalDestination,
+    /// The resolver or an inbound hook refused it (policy, strict mode, …).
+    Policy,
+    /// The upstream (direct, or the app behind the tunnel) could not be reached.
+    UpstreamConnect,
+    /// Opening the tunnel stream failed or the peer refused the CONNECT.
+    Tunnel,
+}
+
+impl RefuseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefuseReason::Limit => "limit",
+            RefuseReason::NoOriginalDestination => "no_original_destination",
+            RefuseReason::Policy => "policy",
+            RefuseReason::UpstreamConnect => "upstream_connect",
+            RefuseReason::Tunnel => "tunnel",
+        }
+    }
+}
+
+/// Every metric the data path writes. Owns its registry (not the global one).
+pub struct Metrics {
+    registry: Registry,
+    opened: IntCounterVec,
+    closed: IntCounterVec,
+    sent_bytes: IntCounterVec,
+    received_bytes: IntCounterVec,
+    config_errors: IntCounter,
+    refused: IntCounterVec,
+    pool_connections: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let tcp = |name: &str, help: &str| -> prometheus::Result<IntCounterVec> {
+            let c = IntCounterVec::new(Opts::new(name, help), &TCP_LABELS)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let opened = tcp(
+            "istio_tcp_connections_opened_total",
+            "The total number of TCP connections opened",
+        )?;
+        let closed = tcp(
+            "istio_tcp_connections_closed_total",
+            "The total number of TCP connections closed",
+        )?;
+        // Istio's meaning, independent of the reporter (ztunnel
+        // src/proxy/metrics.rs help strings, Istio "Standard Metrics" page;
+        // /work/shared/background/ztunnel.md §4.1, features.md §4.1):
+        // received = bytes of the request direction (client → server),
+        // sent = bytes of the response direction (server → client).
+        let sent_bytes = tcp(
+            "istio_tcp_sent_bytes_total",
+            "The size of total bytes sent during response in case of a TCP connection",
+        )?;
+        let received_bytes = tcp(
+            "istio_tcp_received_bytes_total",
+            "The size of total bytes received during request in case of a TCP connection",
+        )?;
+        let config_errors = IntCounter::new(
+            "weft_config_errors_total",
+            "Configuration inputs rejected as invalid",
+        )?;
+        registry.register(Box::new(config_errors.clone()))?;
+        let refused = IntCounterVec::new(
+            Opts::new(
+                "weft_connections_refused_total",
+                "Connections the agent refused or could not forward, by reason",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(refused.clone()))?;
+        let pool_connections = IntGauge::new(
+            "weft_pool_connections",
+            "Open pooled tunnel (HTTP/2) connections",
+        )?;
+        registry.register(Box::new(pool_connections.clone()))?;
+        Ok(Self {
+            registry,
+            opened,
+            closed,
+            sent_bytes,
+            received_bytes,
+            config_errors,
+            refused,
+            pool_connections,
+        })
+    }
+
+    /// Counts a connection as opened and returns its byte counters, resolved
+    /// once; dropping the result counts it as closed.
+    pub fn connection(&self, labels: &ConnectionLabels) -> ConnectionMetrics {
+        let values = labels.values();
+        self.opened.with_label_values(&values).inc();
+        ConnectionMetrics {
+            sent: self.sent_bytes.with_label_values(&values),
+            received: self.received_bytes.with_label_values(&values),
+            closed: self.closed.with_label_values(&values),
+        }
+    }
+
+    pub fn refused(&self, reason: RefuseReason) {
+        self.refused.with_label_values(&[reason.as_str()]).inc();
+    }
+
+    pub fn config_errors(&self) -> &IntCounter {
+        &self.config_errors
+    }
+
+    /// The gauge to hand to `proxy::tunnel::Pool::new`.
+    pub fn pool_connections(&self) -> &IntGauge {
+        &self.pool_connections
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Everything in Prometheus text format.
+    pub fn render(&self) -> prometheus::Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
+        Ok(out)
+    }
+}
+
+/// One open connection's counters. As a [`CopyObserver`] with `a` = the
+/// client-facing side and `b` = the server-facing side, `a → b` bytes are
+/// "received" and `b → a` bytes are "sent", matching Istio at either reporter.
+pub struct ConnectionMetrics {
+    sent: IntCounter,
+    received: IntCounter,
+    closed: IntCounter,
+}
+
+impl ConnectionMetrics {
+    pub fn add_sent(&self, n: u64) {
+        self.sent.inc_by(n);
+    }
+    pub fn add_received(&self, n: u64) {
+        self.received.inc_by(n);
+    }
+}
+
+impl CopyObserver for ConnectionMetrics {
+    fn on_bytes(&mut self, direction: Direction, n: u64) {
+        match direction {
+            Direction::AToB => self.received.inc_by(n),
+            Direction::BToA => self.sent.inc_by(n),
+        }
+    }
+}
+
+impl Drop for ConnectionMetrics {
+    fn drop(&mut self) {
+        self.closed.inc();
+    }
+}
