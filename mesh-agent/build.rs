@@ -40,9 +40,15 @@ fn main() {
     let target_dir = root.join("target").join("bpf");
     let mut cmd = toolchain.cargo_build(&ebpf_dir, &target_dir);
     let status = cmd.status().expect("run cargo for mesh-ebpf");
-    assert!(status.success(), "building mesh-ebpf failed (see the errors above)");
+    assert!(
+        status.success(),
+        "building mesh-ebpf failed (see the errors above)"
+    );
 
-    let built = target_dir.join(BPF_TARGET).join("release").join("mesh-ebpf");
+    let built = target_dir
+        .join(BPF_TARGET)
+        .join("release")
+        .join("mesh-ebpf");
     std::fs::copy(&built, &object)
         .unwrap_or_else(|e| panic!("copy {} to {}: {e}", built.display(), object.display()));
 }
@@ -60,7 +66,10 @@ impl Toolchain {
             return Err("bpf-linker is not on PATH".into());
         }
         if Path::new("/usr/bin/rustc").exists()
-            && Path::new("/usr/lib/rustlib").join(BPF_TARGET).join("lib").is_dir()
+            && Path::new("/usr/lib/rustlib")
+                .join(BPF_TARGET)
+                .join("lib")
+                .is_dir()
         {
             return Ok(Toolchain::Debian);
         }
@@ -94,7 +103,13 @@ impl Toolchain {
         // (RUSTC_WRAPPER for clippy, CARGO_ENCODED_RUSTFLAGS, CARGO_TARGET_DIR, ...)
         // meant for the host build, which would break the nested one.
         cmd.env_clear();
-        for keep in ["PATH", "HOME", "CARGO_HOME", "RUSTUP_HOME", "RUSTUP_TOOLCHAIN_DIR"] {
+        for keep in [
+            "PATH",
+            "HOME",
+            "CARGO_HOME",
+            "RUSTUP_HOME",
+            "RUSTUP_TOOLCHAIN_DIR",
+        ] {
             if let Some(v) = env::var_os(keep) {
                 cmd.env(keep, v);
             }
