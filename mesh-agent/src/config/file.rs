@@ -52,6 +52,23 @@ pub fn load_resources(paths: &[PathBuf]) -> Result<ResourceSet, ConfigErrors> {
     Ok(set)
 }
 
+/// Like [`load`] for text already in memory; `name` stands for the file in errors.
+pub fn load_str(name: &str, src: &str) -> Result<Snapshot, ConfigErrors> {
+    let mut errors = Vec::new();
+    let mut items = Vec::new();
+    parse_source(Path::new(name), src, &mut items, &mut errors);
+    errors.extend(validate(&items));
+    if !errors.is_empty() {
+        errors.sort_by_key(|e| (e.document, e.line));
+        return Err(ConfigErrors(errors));
+    }
+    let mut set = ResourceSet::default();
+    for (r, _) in items {
+        set.push(r);
+    }
+    Ok(state::build(&set))
+}
+
 /// Parses one file's text into typed resources, collecting errors.
 pub fn parse_source(
     path: &Path,

@@ -10,3 +10,6 @@ mod watch;
 pub mod yaml;
 
 pub use errors::{ConfigError, ConfigErrors};
+
+#[cfg(test)]
+mod tests;

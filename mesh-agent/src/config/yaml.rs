@@ -31,15 +31,18 @@ impl From<Marker> for Pos {
 pub struct Positions(HashMap<String, Pos>);
 
 impl Positions {
-    /// The position of `path`, or of its nearest ancestor that is written.
+    /// The position of `path`, or of its nearest ancestor that is written (at
+    /// worst, the document's top mapping).
     pub fn lookup(&self, path: &str) -> Option<Pos> {
         let mut p = path;
         loop {
             if let Some(pos) = self.0.get(p) {
                 return Some(*pos);
             }
-            let cut = p.rfind(['.', '['])?;
-            p = &p[..cut];
+            if p.is_empty() {
+                return None;
+            }
+            p = &p[..p.rfind(['.', '[']).unwrap_or(0)];
         }
     }
 }

@@ -22,3 +22,6 @@ pub use model::{
 pub use policy::{AuthorizationPolicy, TrafficPolicy};
 pub use route::{HttpRoute, PathMatch, RouteBackend, RouteKind, RouteMatch, RouteRule};
 pub use snapshot::{Snapshot, SnapshotData};
+
+#[cfg(test)]
+mod tests;
