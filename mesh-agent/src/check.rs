@@ -150,7 +150,7 @@ fn btf() -> Check {
 fn fs_magic(path: &Path) -> Option<i64> {
     nix::sys::statfs::statfs(path)
         .ok()
-        .map(|s| s.filesystem_type().0 as i64)
+        .map(|s| s.filesystem_type().0)
 }
 
 fn bpffs(dir: &Path) -> Check {

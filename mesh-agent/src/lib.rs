@@ -1,9 +1,13 @@
 //! Weft's node agent as a library: the `mesh-agent` binary is only its CLI.
-//! Modules follow DESIGN §3, one concern each.
+//! Modules follow DESIGN §3, one concern each; `run` wires them into the agent.
 
+pub mod admin;
 pub mod check;
 pub mod cli;
+pub mod config;
 pub mod ebpf;
 pub mod netns;
 pub mod proxy;
+pub mod run;
+pub mod state;
 pub mod telemetry;

@@ -15,20 +15,40 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the agent: load the kernel programs, capture meshed pods, proxy their traffic.
+    Run(mesh_agent::run::RunArgs),
     /// Check every kernel prerequisite and print a pass/fail table.
     Check {
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
         /// bpffs directory the agent would pin under.
-        #[arg(long, default_value = "/sys/fs/bpf/weft")]
+        #[arg(long, default_value = mesh_agent::run::DEFAULT_BPFFS_DIR)]
+        bpffs_dir: PathBuf,
+    },
+    /// Show what a running agent holds (generation, workloads).
+    Status(mesh_agent::cli::status::StatusArgs),
+    /// Validate configuration files, or dump a running agent's state.
+    Config {
+        #[command(subcommand)]
+        command: mesh_agent::cli::config_cmd::ConfigCommand,
+    },
+    /// Detach and remove everything an agent pinned (uninstall); pods stop being captured.
+    Reset {
+        #[arg(long, default_value = mesh_agent::run::DEFAULT_BPFFS_DIR)]
         bpffs_dir: PathBuf,
     },
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
+    let result = match Cli::parse().command {
+        Command::Run(args) => mesh_agent::run::main(args).map(|()| ExitCode::SUCCESS),
         Command::Check { output, bpffs_dir } => mesh_agent::check::main(output, &bpffs_dir),
+        Command::Status(args) => Ok(mesh_agent::cli::status::run(args)),
+        Command::Config { command } => Ok(mesh_agent::cli::config_cmd::run(command)),
+        Command::Reset { bpffs_dir } => {
+            mesh_agent::ebpf::remove_pins(&mesh_agent::ebpf::PinLayout::new(bpffs_dir))
+                .map(|()| ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,

@@ -176,6 +176,18 @@ impl KernelPrograms {
         &mut self.maps
     }
 
+    /// A separate handle on the original-destination map, for the proxies to
+    /// read while the agent keeps writing the others.
+    pub fn orig_dst_reader(
+        &self,
+    ) -> Result<aya::maps::HashMap<aya::maps::MapData, mesh_common::PortKey, mesh_common::OrigDst>>
+    {
+        let path = self.layout.map(map_names::ORIG_DST_BY_PORT);
+        let data = aya::maps::MapData::from_pin(&path)
+            .with_context(|| format!("open {}", path.display()))?;
+        Ok(aya::maps::Map::from_map_data(data)?.try_into()?)
+    }
+
     /// Takes the kernel log ring buffer reader, when there is one to take.
     pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
         let logger = match self.ebpf.as_mut() {

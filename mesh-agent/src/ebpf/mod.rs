@@ -12,5 +12,5 @@ mod pins;
 pub use enrol::{InboundEnrolment, PodEnrolment};
 pub use load::{KernelPrograms, LoadOptions, Origin, remove_pins};
 pub use logs::forward_kernel_logs;
-pub use maps::{KernelStats, MapHandles};
+pub use maps::{KernelStats, MapHandles, orig_dst_to_socket_addr};
 pub use pins::PinLayout;

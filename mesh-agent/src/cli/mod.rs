@@ -2,6 +2,19 @@
 
 use clap::ValueEnum;
 
+pub mod config_cmd;
+pub mod status;
+
+/// Runs a future on a small runtime of its own (read commands are one-shot).
+pub(crate) fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(
+    f: F,
+) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(f)
+}
+
 /// How read commands print: a table for people, JSON for machines.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum Output {

@@ -1,0 +1,98 @@
+//! The file source: multi-document YAML files of Kubernetes-shaped resources.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use super::{
+    errors::{ConfigError, ConfigErrors},
+    parse::{Origin, parse_document},
+    resources::{Resource, ResourceSet},
+    validate::validate,
+    yaml::parse_documents,
+};
+use crate::state::{self, Snapshot};
+
+pub use super::watch::watch;
+
+/// Reads, parses and validates `paths` (in order, as one set of resources) and
+/// builds the snapshot. Every error found is returned, not only the first.
+pub fn load(paths: &[PathBuf]) -> Result<Snapshot, ConfigErrors> {
+    let set = load_resources(paths)?;
+    Ok(state::build(&set))
+}
+
+/// Like [`load`], without building the snapshot.
+pub fn load_resources(paths: &[PathBuf]) -> Result<ResourceSet, ConfigErrors> {
+    let mut errors = Vec::new();
+    let mut items = Vec::new();
+    for path in paths {
+        match std::fs::read_to_string(path) {
+            Ok(src) => parse_source(path, &src, &mut items, &mut errors),
+            Err(e) => errors.push(ConfigError::file(path, format!("cannot read: {e}"))),
+        }
+    }
+    errors.extend(validate(&items));
+    if !errors.is_empty() {
+        // File order, then document, then line (a stable sort keeps check order within).
+        let file_index = |e: &ConfigError| {
+            paths
+                .iter()
+                .position(|p| *p == e.file)
+                .unwrap_or(usize::MAX)
+        };
+        errors.sort_by_key(|e| (file_index(e), e.document, e.line));
+        return Err(ConfigErrors(errors));
+    }
+    let mut set = ResourceSet::default();
+    for (r, _) in items {
+        set.push(r);
+    }
+    Ok(set)
+}
+
+/// Like [`load`] for text already in memory; `name` stands for the file in errors.
+pub fn load_str(name: &str, src: &str) -> Result<Snapshot, ConfigErrors> {
+    let mut errors = Vec::new();
+    let mut items = Vec::new();
+    parse_source(Path::new(name), src, &mut items, &mut errors);
+    errors.extend(validate(&items));
+    if !errors.is_empty() {
+        errors.sort_by_key(|e| (e.document, e.line));
+        return Err(ConfigErrors(errors));
+    }
+    let mut set = ResourceSet::default();
+    for (r, _) in items {
+        set.push(r);
+    }
+    Ok(state::build(&set))
+}
+
+/// Parses one file's text into typed resources, collecting errors.
+pub fn parse_source(
+    path: &Path,
+    src: &str,
+    items: &mut Vec<(Resource, Origin)>,
+    errors: &mut Vec<ConfigError>,
+) {
+    let file: Arc<Path> = Arc::from(path);
+    match parse_documents(src) {
+        Err(e) => errors.push(ConfigError {
+            file: path.to_path_buf(),
+            document: Some(e.document),
+            line: Some(e.pos.line),
+            column: Some(e.pos.column),
+            resource: None,
+            field: None,
+            reason: format!("YAML syntax: {}", e.message),
+        }),
+        Ok(docs) => {
+            for doc in docs {
+                let (item, errs) = parse_document(&file, doc);
+                items.extend(item);
+                errors.extend(errs);
+            }
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! Validation of typed resources: per resource ([`core`], [`routes`], [`policies`])
+//! and across resources ([`cross`]). Every check reports the field path and says
+//! what would be valid.
+
+mod core;
+mod cross;
+mod fields;
+mod policies;
+mod routes;
+
+use super::{errors::ConfigError, parse::Origin, resources::Resource};
+
+/// Collects the errors of one resource.
+pub(crate) struct Ck<'a> {
+    pub origin: &'a Origin,
+    pub errors: &'a mut Vec<ConfigError>,
+}
+
+impl Ck<'_> {
+    pub fn err(&mut self, field: impl AsRef<str>, reason: impl Into<String>) {
+        self.errors
+            .push(self.origin.error(Some(field.as_ref()), reason));
+    }
+
+    /// `field` must be a port number 1–65535.
+    pub fn port(&mut self, field: impl AsRef<str>, port: i64) {
+        if !(1..=65535).contains(&port) {
+            self.err(
+                field,
+                format!("port must be between 1 and 65535 (got {port})"),
+            );
+        }
+    }
+}
+
+/// Checks every resource and their references to each other.
+pub fn validate(items: &[(Resource, Origin)]) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    for (r, origin) in items {
+        let mut ck = Ck {
+            origin,
+            errors: &mut errors,
+        };
+        match r {
+            Resource::Namespace(x) => core::namespace(&mut ck, x),
+            Resource::Pod(x) => core::pod(&mut ck, x),
+            Resource::Service(x) => core::service(&mut ck, x),
+            Resource::HttpRoute(x) => routes::http_route(&mut ck, x),
+            Resource::GrpcRoute(x) => routes::grpc_route(&mut ck, x),
+            Resource::AuthorizationPolicy(x) => policies::authorization(&mut ck, x),
+            Resource::TrafficPolicy(x) => policies::traffic(&mut ck, x),
+        }
+    }
+    cross::check(items, &mut errors);
+    errors
+}

@@ -1,0 +1,82 @@
+//! The flags of `mesh-agent run`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+
+pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/weft";
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Local-mode configuration: Kubernetes-shaped YAML (watched and hot-reloaded).
+    #[arg(long, required = true)]
+    pub config: Vec<PathBuf>,
+    /// This node's name: the agent serves the pods scheduled on it.
+    #[arg(long, env = "NODE_NAME")]
+    pub node: String,
+    /// cgroup v2 directory to attach the kernel programs to [default: the cgroup v2 root].
+    #[arg(long)]
+    pub cgroup: Option<PathBuf>,
+    /// bpffs directory for the agent's pinned maps, programs and links.
+    #[arg(long, default_value = DEFAULT_BPFFS_DIR)]
+    pub bpffs_dir: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    pub admin_addr: SocketAddr,
+    #[arg(long, default_value = "0.0.0.0:15020")]
+    pub metrics_addr: SocketAddr,
+    /// Level of the kernel programs' own log lines.
+    #[arg(long, value_enum, default_value_t = KernelLogLevel::Info)]
+    pub kernel_log_level: KernelLogLevel,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum KernelLogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl KernelLogLevel {
+    /// aya-log's numbering (`aya_log_common::Level`).
+    pub fn as_aya_level(self) -> u8 {
+        self as u8 + 1
+    }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl RunArgs {
+    pub fn cgroup(&self) -> Result<PathBuf> {
+        match &self.cgroup {
+            Some(path) => Ok(path.clone()),
+            None => crate::check::find_cgroup2()
+                .context("no cgroup v2 hierarchy is mounted; run `mesh-agent check`"),
+        }
+    }
+
+    /// `RUST_LOG` filters (default `info`). Kernel-side lines arrive through the
+    /// `log` facade, which the subscriber also takes (its `tracing-log` feature).
+    pub fn init_logging(&self) -> Result<()> {
+        use tracing_subscriber::EnvFilter;
+        let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false);
+        let result = match self.log_format {
+            LogFormat::Text => builder.try_init(),
+            LogFormat::Json => builder.json().try_init(),
+        };
+        result.map_err(|e| anyhow::anyhow!("start logging: {e}"))
+    }
+}

@@ -1,0 +1,106 @@
+//! `mesh-agent run`: the agent process. Wires the modules together: the state and
+//! its config source, the kernel programs, the pods' sockets and proxies, the admin
+//! and metrics servers; then waits for a signal.
+
+mod args;
+mod pod_context;
+mod pods;
+mod resolve;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result};
+use tracing::{error, info};
+
+pub use args::{DEFAULT_BPFFS_DIR, RunArgs};
+use pods::PodManager;
+
+use crate::ebpf::{KernelPrograms, LoadOptions, forward_kernel_logs};
+use crate::proxy::{ProxyConfig, Shared};
+use crate::state::StateHandle;
+use crate::{admin, config, telemetry};
+
+pub fn main(args: RunArgs) -> Result<()> {
+    args.init_logging()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("weft-worker")
+        .build()
+        .context("start the async runtime")?;
+    runtime.block_on(run(args))
+}
+
+async fn run(args: RunArgs) -> Result<()> {
+    let snapshot = config::file::load(&args.config).map_err(|errors| {
+        anyhow::anyhow!("the configuration is invalid; nothing was started:\n{errors}")
+    })?;
+    let state = StateHandle::new(snapshot);
+    let metrics = Arc::new(telemetry::Metrics::new()?);
+
+    let cgroup = args.cgroup()?;
+    let mut programs = KernelPrograms::open(&LoadOptions {
+        cgroup: cgroup.clone(),
+        bpffs_dir: args.bpffs_dir.clone(),
+        kernel_log_level: args.kernel_log_level.as_aya_level(),
+    })?;
+    forward_kernel_logs(&mut programs);
+    info!(origin = ?programs.origin, cgroup = %cgroup.display(), "kernel programs in place");
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let admin_listener = tokio::net::TcpListener::bind(args.admin_addr)
+        .await
+        .with_context(|| format!("bind the admin server on {}", args.admin_addr))?;
+    tokio::spawn(log_exit(
+        "admin server",
+        admin::serve(admin_listener, state.clone(), ready.clone()),
+    ));
+    let metrics_listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("bind the metrics server on {}", args.metrics_addr))?;
+    tokio::spawn(log_exit(
+        "metrics server",
+        telemetry::serve_metrics(metrics_listener, metrics.clone()),
+    ));
+    tokio::spawn(config::file::watch(
+        args.config.clone(),
+        state.clone(),
+        metrics.config_errors().clone(),
+    ));
+
+    let shared = Shared {
+        metrics: metrics.clone(),
+        config: Arc::new(ProxyConfig::default()),
+    };
+    let pods = PodManager::new(args.node.clone(), programs, state.clone(), shared)?;
+    let pods_task = tokio::spawn(pods.run_until_shutdown(shutdown_signal()));
+
+    ready.store(true, Ordering::SeqCst);
+    info!(node = %args.node, generation = state.current().generation, "agent ready");
+    pods_task.await.context("pod manager")??;
+    info!(
+        "agent stopped; kernel programs stay pinned so pods stay captured (fail closed) until it restarts"
+    );
+    Ok(())
+}
+
+async fn log_exit(what: &'static str, task: impl std::future::Future<Output = Result<()>>) {
+    if let Err(e) = task.await {
+        error!(error = %format!("{e:#}"), "{what} stopped");
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            error!(error = %e, "cannot watch SIGTERM");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: stopping"),
+        _ = tokio::signal::ctrl_c() => info!("interrupted: stopping"),
+    }
+}

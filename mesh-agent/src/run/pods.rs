@@ -1,0 +1,347 @@
+//! Keeps the kernel and the pods' sockets in step with the state: every meshed pod
+//! of this node is enrolled (listeners in its netns, map entries, sk_lookup), and
+//! every pod that went away, was opted out or lost its namespace label is released.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use mesh_common::{INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, TUNNEL_PORT};
+use tracing::{debug, info, warn};
+
+use super::pod_context::{NetnsDialer, OrigDstMap, PodContext};
+use super::resolve::PoolKey;
+use crate::ebpf::{InboundEnrolment, KernelPrograms, PodEnrolment};
+use crate::netns::{Netns, bind_listener, netns_cookie};
+use crate::proxy::pod::PodConnections;
+use crate::proxy::{
+    DEFAULT_MAX_CONNECTIONS_PER_POD, Pool, Shared, run_inbound_plaintext, run_inbound_tunnel,
+    run_outbound,
+};
+use crate::state::{StateHandle, Workload, WorkloadKey};
+
+const BACKLOG: i32 = 1024;
+
+/// One enrolled pod: what must be undone to release it.
+struct EnrolledPod {
+    netns_path: PathBuf,
+    netns_cookie: u64,
+    ips: Vec<IpAddr>,
+    /// The pod's proxies: closing it stops its listeners and connections.
+    connections: PodConnections,
+}
+
+/// The agent's listeners inside a pod's netns.
+pub struct PodSockets {
+    pub netns: Netns,
+    pub outbound: Vec<std::net::TcpListener>,
+    pub inbound_plaintext: std::net::TcpListener,
+    pub tunnel: std::net::TcpListener,
+}
+
+pub struct PodManager {
+    node: String,
+    programs: KernelPrograms,
+    state: StateHandle,
+    shared: Shared,
+    pool: Pool<PoolKey>,
+    orig_dst: OrigDstMap,
+    pods: HashMap<WorkloadKey, EnrolledPod>,
+    node_addrs: Vec<(Ipv4Addr, u8)>,
+}
+
+impl PodManager {
+    pub fn new(
+        node: String,
+        programs: KernelPrograms,
+        state: StateHandle,
+        shared: Shared,
+    ) -> Result<Self> {
+        let orig_dst = Arc::new(programs.orig_dst_reader()?);
+        let pool = Pool::new(
+            shared.config.tunnel.clone(),
+            Some(shared.metrics.pool_connections().clone()),
+        );
+        Ok(PodManager {
+            node,
+            programs,
+            state,
+            shared,
+            pool,
+            orig_dst,
+            pods: HashMap::new(),
+            node_addrs: node_addresses(),
+        })
+    }
+
+    /// Reconciles on every new snapshot until `shutdown` resolves.
+    pub async fn run_until_shutdown(
+        mut self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<()> {
+        let mut generations = self.state.subscribe();
+        self.release_stale_kernel_state();
+        self.reconcile();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                changed = generations.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    self.reconcile();
+                }
+                () = &mut shutdown => break,
+            }
+        }
+        // The kernel state stays: pods remain captured (and fail closed) until
+        // the next agent adopts it.
+        for pod in self.pods.values() {
+            pod.connections.close_all();
+        }
+        Ok(())
+    }
+
+    fn desired(&self) -> HashMap<WorkloadKey, Arc<Workload>> {
+        let snapshot = self.state.current();
+        snapshot
+            .workloads_on_node(&self.node)
+            .filter(|w| w.meshed && w.netns.is_some() && !w.ips.is_empty())
+            .map(|w| (w.key.clone(), w.clone()))
+            .collect()
+    }
+
+    fn reconcile(&mut self) {
+        let desired = self.desired();
+        let stale: Vec<WorkloadKey> = self
+            .pods
+            .iter()
+            .filter(|(key, pod)| {
+                desired
+                    .get(*key)
+                    .is_none_or(|w| w.netns.as_ref() != Some(&pod.netns_path) || w.ips != pod.ips)
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in stale {
+            if let Some(pod) = self.pods.remove(&key) {
+                match self.release(&pod) {
+                    Ok(()) => info!(pod = %key, "pod released"),
+                    Err(e) => warn!(pod = %key, error = %format!("{e:#}"), "releasing pod"),
+                }
+            }
+        }
+        for (key, workload) in desired {
+            if self.pods.contains_key(&key) {
+                continue;
+            }
+            match self.enrol(&workload) {
+                Ok(pod) => {
+                    info!(pod = %key, ips = ?pod.ips, netns = %pod.netns_path.display(), "pod enrolled");
+                    self.pods.insert(key, pod);
+                }
+                Err(e) => {
+                    warn!(pod = %key, error = %format!("{e:#}"), "cannot enrol pod; will retry on the next change")
+                }
+            }
+        }
+    }
+
+    /// Opens the pod's listeners, puts the kernel capture in place, then starts
+    /// the pod's proxies on those listeners.
+    fn enrol(&mut self, workload: &Arc<Workload>) -> Result<EnrolledPod> {
+        let netns_path = workload.netns.clone().context("no netns")?;
+        let netns = Netns::open(&netns_path)?;
+        let cookie = netns_cookie(&netns).context("read the netns cookie")?;
+        let sockets = open_pod_sockets(netns)?;
+        let node_addr = self.node_addr_for(&workload.ips);
+        let enrolment = PodEnrolment {
+            netns_cookie: cookie,
+            pod_ips: workload.ips.clone(),
+            outbound_port: OUTBOUND_PORT,
+            node_addr,
+        };
+        let inbound = InboundEnrolment {
+            netns: sockets.netns.file(),
+            listener: &sockets.inbound_plaintext,
+        };
+        self.programs.enrol(&enrolment, Some(inbound))?;
+        debug!(pod = %workload.key, cookie, "kernel capture in place");
+
+        let ctx = Arc::new(PodContext {
+            workload: workload.clone(),
+            netns_cookie: cookie,
+            dialer: NetnsDialer {
+                netns: sockets.netns.clone(),
+            },
+            state: self.state.clone(),
+            orig_dst: self.orig_dst.clone(),
+            node_addr,
+            round_robin: Default::default(),
+        });
+        let connections =
+            PodConnections::new(workload.key.to_string(), DEFAULT_MAX_CONNECTIONS_PER_POD);
+        let started = self.start_proxies(sockets, ctx, &connections);
+        if let Err(e) = started {
+            connections.close_all();
+            self.programs.unenrol(cookie, &workload.ips)?;
+            return Err(e);
+        }
+        Ok(EnrolledPod {
+            netns_path,
+            netns_cookie: cookie,
+            ips: workload.ips.clone(),
+            connections,
+        })
+    }
+
+    fn start_proxies(
+        &self,
+        sockets: PodSockets,
+        ctx: Arc<PodContext>,
+        connections: &PodConnections,
+    ) -> Result<()> {
+        let tokio_listener = |l: std::net::TcpListener| {
+            tokio::net::TcpListener::from_std(l).context("register a pod listener")
+        };
+        for listener in sockets.outbound {
+            let listener = tokio_listener(listener)?;
+            tokio::spawn(run_outbound(
+                listener,
+                ctx.clone(),
+                self.pool.clone(),
+                self.shared.clone(),
+                connections.clone(),
+            ));
+        }
+        let plaintext = tokio_listener(sockets.inbound_plaintext)?;
+        tokio::spawn(run_inbound_plaintext(
+            plaintext,
+            ctx.clone(),
+            self.shared.clone(),
+            connections.clone(),
+        ));
+        let tunnel = tokio_listener(sockets.tunnel)?;
+        tokio::spawn(run_inbound_tunnel(
+            tunnel,
+            ctx,
+            self.shared.clone(),
+            connections.clone(),
+        ));
+        Ok(())
+    }
+
+    /// Stops the pod's proxies and connections, then releases its kernel state.
+    fn release(&mut self, pod: &EnrolledPod) -> Result<()> {
+        pod.connections.close_all();
+        self.programs.unenrol(pod.netns_cookie, &pod.ips)
+    }
+
+    /// Kernel entries left by a previous agent for pods that are gone or no longer
+    /// meshed: the pinned maps outlive the agent, so they must be swept at start.
+    fn release_stale_kernel_state(&mut self) {
+        let desired = self.desired();
+        let live_cookies: Vec<u64> = desired
+            .values()
+            .filter_map(|w| Netns::open(w.netns.as_ref()?).ok())
+            .filter_map(|ns| netns_cookie(&ns).ok())
+            .collect();
+        let live_ips: Vec<IpAddr> = desired.values().flat_map(|w| w.ips.clone()).collect();
+        let mut cookies = self.programs.maps().enrolled_cookies();
+        cookies.extend(self.programs.layout().pinned_sk_lookup_cookies());
+        for cookie in cookies.into_iter().filter(|c| !live_cookies.contains(c)) {
+            if let Err(e) = self.programs.unenrol(cookie, &[]) {
+                warn!(cookie, error = %format!("{e:#}"), "removing a stale enrolment");
+            }
+        }
+        let stale_ips: Vec<IpAddr> = self
+            .programs
+            .maps()
+            .inbound_pod_ips()
+            .into_iter()
+            .filter(|ip| !live_ips.contains(ip))
+            .collect();
+        if let Err(e) = self.programs.unenrol(0, &stale_ips) {
+            warn!(error = %format!("{e:#}"), "removing stale inbound entries");
+        }
+    }
+
+    /// The node's address on the pod's subnet: kubelet probes come from it.
+    fn node_addr_for(&self, pod_ips: &[IpAddr]) -> Option<IpAddr> {
+        pod_ips.iter().find_map(|ip| {
+            let IpAddr::V4(ip) = ip else { return None };
+            self.node_addrs
+                .iter()
+                .find(|(addr, prefix)| same_subnet(*addr, *ip, *prefix))
+                .map(|(addr, _)| IpAddr::V4(*addr))
+        })
+    }
+}
+
+fn open_pod_sockets(netns: Netns) -> Result<PodSockets> {
+    let listen = |addr: SocketAddr| {
+        bind_listener(&netns, addr, BACKLOG)
+            .with_context(|| format!("listen on {addr} in {}", netns.path().display()))
+    };
+    let mut outbound = vec![listen(SocketAddr::from((
+        Ipv4Addr::LOCALHOST,
+        OUTBOUND_PORT,
+    )))?];
+    // IPv6 loopback only if the pod has it.
+    match listen(SocketAddr::from((
+        std::net::Ipv6Addr::LOCALHOST,
+        OUTBOUND_PORT,
+    ))) {
+        Ok(l) => outbound.push(l),
+        Err(e) => debug!(error = %format!("{e:#}"), "no IPv6 outbound listener"),
+    }
+    let inbound_plaintext = listen(SocketAddr::from((
+        Ipv4Addr::UNSPECIFIED,
+        INBOUND_PLAINTEXT_PORT,
+    )))?;
+    let tunnel = listen(SocketAddr::from((Ipv4Addr::UNSPECIFIED, TUNNEL_PORT)))?;
+    Ok(PodSockets {
+        netns,
+        outbound,
+        inbound_plaintext,
+        tunnel,
+    })
+}
+
+/// IPv4 addresses of the agent's own netns, with their prefix lengths.
+fn node_addresses() -> Vec<(Ipv4Addr, u8)> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    addrs
+        .filter_map(|a| {
+            let ip = a.address?.as_sockaddr_in()?.ip();
+            let mask = a.netmask?.as_sockaddr_in()?.ip();
+            (!ip.is_loopback()).then(|| (ip, u32::from(mask).count_ones() as u8))
+        })
+        .collect()
+}
+
+fn same_subnet(a: Ipv4Addr, b: Ipv4Addr, prefix: u8) -> bool {
+    let mask = if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(prefix))
+    };
+    u32::from(a) & mask == u32::from(b) & mask
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subnets() {
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        assert!(same_subnet(ip("10.88.1.1"), ip("10.88.1.20"), 24));
+        assert!(!same_subnet(ip("10.88.1.1"), ip("10.88.2.20"), 24));
+        assert!(same_subnet(ip("10.0.0.1"), ip("192.168.0.1"), 0));
+    }
+}

@@ -1,0 +1,27 @@
+//! The desired state (DESIGN §3): one immutable [`Snapshot`] of workloads, Services,
+//! endpoints, routes and policies, indexed for the hot path and swapped atomically
+//! through a [`StateHandle`]. Every configuration source feeds it a
+//! [`ResourceSet`](crate::config::resources::ResourceSet) through [`build`].
+
+mod build;
+mod endpoints;
+mod handle;
+pub mod model;
+pub mod policy;
+pub mod route;
+mod route_build;
+mod serde_arc;
+mod snapshot;
+
+pub use build::{build, pod_ips, pod_ready};
+pub use handle::StateHandle;
+pub use model::{
+    Endpoint, MtlsMode, NamespaceInfo, ObjectKey, ResourceKey, Service, ServiceEndpoints,
+    ServiceKey, ServicePort, TargetPort, Workload, WorkloadKey,
+};
+pub use policy::{AuthorizationPolicy, TrafficPolicy};
+pub use route::{HttpRoute, PathMatch, RouteBackend, RouteKind, RouteMatch, RouteRule};
+pub use snapshot::{Snapshot, SnapshotData};
+
+#[cfg(test)]
+mod tests;
