@@ -82,6 +82,25 @@ impl LabConfig {
     pub fn add(&mut self, doc: Yaml) {
         self.docs.push(doc);
     }
+
+    /// The `containerPort`s of every Pod, by pod name.
+    pub fn container_ports(&self) -> Vec<(String, Vec<u16>)> {
+        self.docs
+            .iter()
+            .filter(|d| d["kind"].as_str() == Some("Pod"))
+            .filter_map(|d| {
+                let name = d["metadata"]["name"].as_str()?.to_string();
+                let ports = d["spec"]["containers"]
+                    .as_vec()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|c| c["ports"].as_vec().cloned().unwrap_or_default())
+                    .filter_map(|p| u16::try_from(p["containerPort"].as_i64()?).ok())
+                    .collect();
+                Some((name, ports))
+            })
+            .collect()
+    }
 }
 
 fn matches(doc: &Yaml, kind: &str, namespace: &str, name: &str) -> bool {

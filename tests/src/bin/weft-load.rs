@@ -7,6 +7,10 @@
 //!   and waiting for the B-byte echo, back to back; latency percentiles.
 //! - `connect ADDR --secs S --conns N`: new connection + one 1-byte echo each.
 //! - `bulk ADDR --mib M`: one connection streaming M MiB to a sink.
+//! - `ping ADDR`: one connection; prints the peer our socket reports
+//!   (getpeername) and the address the echo server saw us come from.
+//! - `hold ADDR --conns N --secs S`: opens N connections, all at once open, each
+//!   echoing once, keeps them S seconds, then closes them.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -20,6 +24,8 @@ fn main() {
         Some("rr") => request_response(&args),
         Some("connect") => connect_rate(&args),
         Some("bulk") => bulk(&args),
+        Some("ping") => ping(&args),
+        Some("hold") => hold(&args),
         _ => Err("usage: weft-load echo|sink PORT | rr|connect|bulk ADDR [options]".into()),
     };
     if let Err(e) = result {
@@ -57,14 +63,66 @@ fn serve(args: &[String], handler: fn(TcpStream)) -> Result<()> {
     Ok(())
 }
 
+const WHOAMI: &[u8] = b"whoami\n";
+
 fn echo(mut stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let mut buf = vec![0u8; 64 * 1024];
     while let Ok(n) = stream.read(&mut buf) {
-        if n == 0 || stream.write_all(&buf[..n]).is_err() {
+        // `ping` asks who we think it is.
+        let reply = if &buf[..n] == WHOAMI {
+            stream
+                .peer_addr()
+                .map(|p| format!("{p}\n").into_bytes())
+                .unwrap_or_default()
+        } else {
+            buf[..n].to_vec()
+        };
+        if n == 0 || stream.write_all(&reply).is_err() {
             break;
         }
     }
+}
+
+fn ping(args: &[String]) -> Result<()> {
+    let mut stream = connect(positional(args)?)?;
+    let peer = stream
+        .peer_addr()
+        .map_err(|e| format!("getpeername: {e}"))?;
+    stream.write_all(WHOAMI).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 128];
+    let n = stream
+        .read(&mut buf)
+        .map_err(|e| format!("read the echo: {e}"))?;
+    let seen_as = String::from_utf8_lossy(&buf[..n]).trim().to_string();
+    println!("{{\"peer\":\"{peer}\",\"seen_as\":\"{seen_as}\"}}");
+    Ok(())
+}
+
+fn hold(args: &[String]) -> Result<()> {
+    let addr = positional(args)?;
+    let (conns, secs) = (flag(args, "--conns", 1000)?, flag(args, "--secs", 2)?);
+    let mut open = Vec::with_capacity(conns as usize);
+    for i in 0..conns {
+        let mut stream = connect(addr).map_err(|e| format!("connection {i}: {e}"))?;
+        stream
+            .write_all(b"x")
+            .map_err(|e| format!("connection {i}: {e}"))?;
+        open.push(stream);
+    }
+    for (i, stream) in open.iter_mut().enumerate() {
+        let mut one = [0u8; 1];
+        stream
+            .read_exact(&mut one)
+            .map_err(|e| format!("echo on connection {i}: {e}"))?;
+    }
+    println!("{{\"open\":{}}}", open.len());
+    std::thread::sleep(Duration::from_secs(secs));
+    drop(open);
+    Ok(())
 }
 
 fn sink(mut stream: TcpStream) {

@@ -1,0 +1,141 @@
+//! A running mesh in the lab: the example topology (`examples/mesh.yaml`), an
+//! echo server on every container port of every pod, and an agent per node.
+//! Shared by the end-to-end tests, the demo and the benchmark.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use anyhow::{Context, Result, bail};
+
+use crate::agent::{Agent, load_binary};
+use crate::lab::Lab;
+use crate::pod::Pod;
+use crate::topology::LabConfig;
+
+pub struct MeshLab {
+    pub lab: Lab,
+    pub config: LabConfig,
+    pub agents: Vec<Agent>,
+}
+
+/// `examples/mesh.yaml` in this repository.
+pub fn example_config() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/mesh.yaml")
+}
+
+impl MeshLab {
+    /// Builds the example topology with servers in every pod, without agents.
+    pub fn without_agents() -> Result<MeshLab> {
+        let (lab, config) = Lab::from_config(&example_config())?;
+        let load = load_binary()?;
+        for (pod, ports) in config.container_ports() {
+            let pod = lab.pod(&pod)?;
+            for port in ports {
+                let mut cmd = pod.command(&load.to_string_lossy());
+                cmd.args(["echo", &port.to_string()])
+                    .stdout(std::process::Stdio::null());
+                lab.spawn(cmd)?;
+            }
+        }
+        Ok(MeshLab {
+            lab,
+            config,
+            agents: Vec::new(),
+        })
+    }
+
+    /// The example topology with servers and an agent on every node.
+    pub fn start() -> Result<MeshLab> {
+        let mut mesh = Self::without_agents()?;
+        let nodes: Vec<String> = mesh.lab.nodes().iter().map(|n| n.name.clone()).collect();
+        for node in nodes {
+            mesh.start_agent(&node)?;
+        }
+        Ok(mesh)
+    }
+
+    /// Starts (or restarts) the agent of `node`.
+    pub fn start_agent(&mut self, node: &str) -> Result<&Agent> {
+        self.agents.retain(|a| a.node != node);
+        let agent = Agent::start(&self.lab, node, self.config.path(), &[])?;
+        self.agents.push(agent);
+        Ok(self.agents.last().expect("just pushed"))
+    }
+
+    pub fn agent(&self, node: &str) -> Result<&Agent> {
+        self.agents
+            .iter()
+            .find(|a| a.node == node)
+            .with_context(|| format!("no agent on {node}"))
+    }
+
+    pub fn pod(&self, name: &str) -> Result<&Pod> {
+        self.lab.pod(name)
+    }
+
+    /// Runs `weft-load ARGS` in `pod` and returns its output.
+    pub fn load_from(&self, pod: &str, args: &[&str]) -> Result<Output> {
+        let load = load_binary()?;
+        Ok(self
+            .pod(pod)?
+            .command(&load.to_string_lossy())
+            .args(args)
+            .output()?)
+    }
+
+    /// `weft-load ping ADDR` from `pod`: (the peer the client's socket reports,
+    /// the address the server saw the connection come from).
+    pub fn ping(&self, pod: &str, addr: &str) -> Result<(String, String)> {
+        let out = self.load_from(pod, &["ping", addr])?;
+        if !out.status.success() {
+            bail!(
+                "ping {addr} from {pod} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let field = |k: &str| json[k].as_str().unwrap_or_default().to_string();
+        Ok((field("peer"), field("seen_as")))
+    }
+
+    /// The agent metrics of `node`, scraped over HTTP inside the node's netns.
+    pub fn metrics(&self, node: &str) -> Result<String> {
+        let out = self
+            .lab
+            .node(node)?
+            .command("curl")
+            .args(["-sf", "http://127.0.0.1:15020/metrics"])
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "scraping the metrics of {node} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Runs `mesh-agent ARGS` in `node`'s netns (to reach its admin API).
+    pub fn agent_cli(&self, node: &str, args: &[&str]) -> Result<Output> {
+        let bin = crate::agent::agent_binary()?;
+        Ok(self
+            .lab
+            .node(node)?
+            .command(&bin.to_string_lossy())
+            .args(args)
+            .output()?)
+    }
+}
+
+/// Sums the values of the series of `metric` whose labels contain every `k="v"` in `labels`.
+pub fn metric_sum(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(metric) && l[metric.len()..].starts_with('{'))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
