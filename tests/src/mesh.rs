@@ -54,8 +54,11 @@ impl MeshLab {
         Ok(mesh)
     }
 
-    /// Starts (or restarts) the agent of `node`.
+    /// Starts the agent of `node`, killing (`kill -9`) the one running there.
     pub fn start_agent(&mut self, node: &str) -> Result<&Agent> {
+        for old in self.agents.iter().filter(|a| a.node == node) {
+            old.kill(&self.lab)?;
+        }
         self.agents.retain(|a| a.node != node);
         let agent = Agent::start(&self.lab, node, self.config.path(), &[])?;
         self.agents.push(agent);

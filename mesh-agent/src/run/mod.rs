@@ -3,6 +3,7 @@
 //! and metrics servers; then waits for a signal.
 
 mod args;
+mod memory;
 mod pod_context;
 mod pods;
 mod resolve;
@@ -23,6 +24,7 @@ use crate::{admin, config, telemetry};
 
 pub fn main(args: RunArgs) -> Result<()> {
     args.init_logging()?;
+    raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("weft-worker")
@@ -75,6 +77,7 @@ async fn run(args: RunArgs) -> Result<()> {
     let pods = PodManager::new(args.node.clone(), programs, state.clone(), shared)?;
     let pods_task = tokio::spawn(pods.run_until_shutdown(shutdown_signal()));
 
+    tokio::spawn(memory::release_freed_memory_periodically());
     ready.store(true, Ordering::SeqCst);
     info!(node = %args.node, generation = state.current().generation, "agent ready");
     pods_task.await.context("pod manager")??;
@@ -82,6 +85,20 @@ async fn run(args: RunArgs) -> Result<()> {
         "agent stopped; kernel programs stay pinned so pods stay captured (fail closed) until it restarts"
     );
     Ok(())
+}
+
+/// Every proxied connection costs the agent two descriptors (more through the
+/// tunnel): take the whole hard limit rather than the usual soft 1024.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(error = %e, "cannot raise the open-file limit");
+            }
+        }
+        _ => {}
+    }
 }
 
 async fn log_exit(what: &'static str, task: impl std::future::Future<Output = Result<()>>) {

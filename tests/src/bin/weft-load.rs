@@ -10,7 +10,8 @@
 //! - `ping ADDR`: one connection; prints the peer our socket reports
 //!   (getpeername) and the address the echo server saw us come from.
 //! - `hold ADDR --conns N --secs S`: opens N connections, all at once open, each
-//!   echoing once, keeps them S seconds, then closes them.
+//!   echoing once, keeps them S seconds, echoes once more on each and prints how
+//!   many still work, then closes them.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -121,7 +122,16 @@ fn hold(args: &[String]) -> Result<()> {
     }
     println!("{{\"open\":{}}}", open.len());
     std::thread::sleep(Duration::from_secs(secs));
-    drop(open);
+    // Which connections still carry data after the wait?
+    let mut survived = 0;
+    for stream in open.iter_mut() {
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut one = [0u8; 1];
+        if stream.write_all(b"y").is_ok() && stream.read_exact(&mut one).is_ok() {
+            survived += 1;
+        }
+    }
+    println!("{{\"survived\":{survived}}}");
     Ok(())
 }
 
