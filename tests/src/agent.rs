@@ -74,7 +74,8 @@ impl Agent {
             .args(extra_args)
             .env(
                 "RUST_LOG",
-                std::env::var("WEFT_LAB_LOG").unwrap_or_else(|_| "info,mesh_agent=debug".into()),
+                std::env::var("WEFT_LAB_LOG")
+                    .unwrap_or_else(|_| "info,mesh_agent=debug,mesh_ebpf=debug".into()),
             )
             .env("NO_COLOR", "1")
             .stdout(log_file.try_clone()?)
