@@ -1,5 +1,6 @@
 //! `cargo xtask`: the project's own automation. Each subcommand does its own set-up.
 
+mod bench;
 mod demo;
 mod setup;
 mod test;
@@ -23,6 +24,8 @@ enum Command {
     Test,
     /// Build everything and show Weft working in a lab of two nodes.
     Demo,
+    /// Measure the performance budgets (ratios against baselines taken in the same run).
+    Bench,
     /// The netns lab.
     Lab {
         #[command(subcommand)]
@@ -41,6 +44,7 @@ fn main() -> Result<()> {
         Command::Setup => setup::run(),
         Command::Test => test::run(),
         Command::Demo => demo::run(),
+        Command::Bench => bench::run(),
         Command::Lab {
             command: LabCommand::Clean,
         } => {
