@@ -133,7 +133,10 @@ impl MeshLab {
 /// Sums the values of the series of `metric` whose labels contain every `k="v"` in `labels`.
 pub fn metric_sum(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()
-        .filter(|l| l.starts_with(metric) && l[metric.len()..].starts_with('{'))
+        .filter(|l| {
+            l.starts_with(metric)
+                && (l[metric.len()..].starts_with('{') || l[metric.len()..].starts_with(' '))
+        })
         .filter(|l| {
             labels
                 .iter()

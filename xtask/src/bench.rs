@@ -40,7 +40,10 @@ pub fn run() -> Result<()> {
         "state: snapshot of 10k Services, 100k Pods, 10k HTTPRoutes",
         cargo().args(["bench", "-p", "mesh-agent", "--bench", "state_build"]),
     )?;
-    step("release build of the agent and the lab's tools", cargo().args(["build", "--release", "--workspace", "--bins"]))?;
+    step(
+        "release build of the agent and the lab's tools",
+        cargo().args(["build", "--release", "--workspace", "--bins"]),
+    )?;
     let release = workspace_root().join("target/release");
     // SAFETY: single-threaded at this point; the lab reads these when it spawns.
     unsafe {
@@ -58,7 +61,8 @@ fn data_path() -> Result<Vec<Measure>> {
     let load = lab::load_binary()?;
     for server in [DIRECT_SERVER, MESH_SERVER] {
         let mut cmd = mesh.pod(server)?.command(&load.to_string_lossy());
-        cmd.args(["sink", &SINK_PORT.to_string()]).stdout(Stdio::null());
+        cmd.args(["sink", &SINK_PORT.to_string()])
+            .stdout(Stdio::null());
         mesh.lab.spawn(cmd)?;
     }
     std::thread::sleep(std::time::Duration::from_millis(300));
@@ -66,35 +70,86 @@ fn data_path() -> Result<Vec<Measure>> {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = mesh.load_from(client, &args)?;
         if !out.status.success() {
-            bail!("weft-load {args:?} from {client}: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "weft-load {args:?} from {client}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
-        serde_json::from_slice(&out.stdout).with_context(|| format!("weft-load output: {}", String::from_utf8_lossy(&out.stdout)))
+        serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("weft-load output: {}", String::from_utf8_lossy(&out.stdout)))
     };
     let both = |args: &dyn Fn(&str) -> Vec<String>, field: &str| -> Result<(f64, f64)> {
         // Warm-up then measure, direct first, then mesh.
-        let d = run(DIRECT_CLIENT, &args(DIRECT_ECHO))?[field].as_f64().unwrap_or(0.0);
-        let m = run(MESH_CLIENT, &args(MESH_ECHO))?[field].as_f64().unwrap_or(0.0);
+        let d = run(DIRECT_CLIENT, &args(DIRECT_ECHO))?[field]
+            .as_f64()
+            .unwrap_or(0.0);
+        let m = run(MESH_CLIENT, &args(MESH_ECHO))?[field]
+            .as_f64()
+            .unwrap_or(0.0);
         Ok((d, m))
     };
     // Warm the tunnel pool and both agents.
-    let warm = |addr: &str| -> Vec<String> { ["rr", addr, "--conns", "2", "--secs", "1"].map(String::from).to_vec() };
+    let warm = |addr: &str| -> Vec<String> {
+        ["rr", addr, "--conns", "2", "--secs", "1"]
+            .map(String::from)
+            .to_vec()
+    };
     both(&warm, "rps")?;
 
-    let rr = |addr: &str| -> Vec<String> { ["rr", addr, "--conns", "8", "--secs", "5", "--size", "1024"].map(String::from).to_vec() };
+    let rr = |addr: &str| -> Vec<String> {
+        ["rr", addr, "--conns", "8", "--secs", "5", "--size", "1024"]
+            .map(String::from)
+            .to_vec()
+    };
     let direct_rr = run(DIRECT_CLIENT, &rr(DIRECT_ECHO))?;
     let mesh_rr = run(MESH_CLIENT, &rr(MESH_ECHO))?;
     let field = |v: &serde_json::Value, f: &str| v[f].as_f64().unwrap_or(0.0);
     let (p50_d, p50_m) = (field(&direct_rr, "p50_us"), field(&mesh_rr, "p50_us"));
     let (p99_d, p99_m) = (field(&direct_rr, "p99_us"), field(&mesh_rr, "p99_us"));
-    let conn = |addr: &str| -> Vec<String> { ["connect", addr, "--conns", "4", "--secs", "4"].map(String::from).to_vec() };
+    let conn = |addr: &str| -> Vec<String> {
+        ["connect", addr, "--conns", "4", "--secs", "4"]
+            .map(String::from)
+            .to_vec()
+    };
     let (cps_d, cps_m) = both(&conn, "per_sec")?;
-    let bulk = |addr: &str| -> Vec<String> { vec!["bulk".into(), sink_addr(addr), "--mib".into(), "1024".into()] };
+    let bulk = |addr: &str| -> Vec<String> {
+        vec![
+            "bulk".into(),
+            sink_addr(addr),
+            "--mib".into(),
+            "1024".into(),
+        ]
+    };
     let (bulk_d, bulk_m) = both(&bulk, "mib_per_sec")?;
     Ok(vec![
-        Measure { name: "1 KiB echo p50 (8 conns)", unit: "µs", direct: p50_d, mesh: p50_m, budget: None },
-        Measure { name: "1 KiB echo p99 (8 conns)", unit: "µs", direct: p99_d, mesh: p99_m, budget: Some((2.0, true)) },
-        Measure { name: "new connections", unit: "/s", direct: cps_d, mesh: cps_m, budget: None },
-        Measure { name: "bulk, one stream", unit: "MiB/s", direct: bulk_d, mesh: bulk_m, budget: Some((0.5, false)) },
+        Measure {
+            name: "1 KiB echo p50 (8 conns)",
+            unit: "µs",
+            direct: p50_d,
+            mesh: p50_m,
+            budget: None,
+        },
+        Measure {
+            name: "1 KiB echo p99 (8 conns)",
+            unit: "µs",
+            direct: p99_d,
+            mesh: p99_m,
+            budget: Some((2.0, true)),
+        },
+        Measure {
+            name: "new connections",
+            unit: "/s",
+            direct: cps_d,
+            mesh: cps_m,
+            budget: None,
+        },
+        Measure {
+            name: "bulk, one stream",
+            unit: "MiB/s",
+            direct: bulk_d,
+            mesh: bulk_m,
+            budget: Some((0.5, false)),
+        },
     ])
 }
 
@@ -105,10 +160,17 @@ fn sink_addr(echo: &str) -> String {
 }
 
 fn print_report(measures: &[Measure]) -> Result<()> {
-    println!("\n{:<28} {:>12} {:>12} {:>8}  budget", "data path", "direct", "mesh", "ratio");
+    println!(
+        "\n{:<28} {:>12} {:>12} {:>8}  budget",
+        "data path", "direct", "mesh", "ratio"
+    );
     let mut failed = Vec::new();
     for m in measures {
-        let ratio = if m.direct > 0.0 { m.mesh / m.direct } else { f64::NAN };
+        let ratio = if m.direct > 0.0 {
+            m.mesh / m.direct
+        } else {
+            f64::NAN
+        };
         let verdict = match m.budget {
             Some((bound, true)) if ratio <= bound => format!("≤ {bound}× PASS"),
             Some((bound, false)) if ratio >= bound => format!("≥ {bound}× PASS"),
@@ -118,7 +180,10 @@ fn print_report(measures: &[Measure]) -> Result<()> {
             }
             None => String::new(),
         };
-        println!("{:<28} {:>9.0} {:<2} {:>9.0} {:<2} {:>7.2}×  {verdict}", m.name, m.direct, m.unit, m.mesh, m.unit, ratio);
+        println!(
+            "{:<28} {:>9.0} {:<2} {:>9.0} {:<2} {:>7.2}×  {verdict}",
+            m.name, m.direct, m.unit, m.mesh, m.unit, ratio
+        );
     }
     if !failed.is_empty() {
         bail!("over budget: {}", failed.join(", "));
