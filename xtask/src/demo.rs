@@ -21,10 +21,7 @@ pub fn run() -> Result<()> {
         "build the agent and the lab's tools",
         cargo().args(["build", "--workspace", "--bins"]),
     )?;
-    let removed = lab::clean_leftovers()?;
-    if !removed.is_empty() {
-        println!("removed leftovers of an earlier run: {removed:?}");
-    }
+    crate::remove_lab_leftovers()?;
 
     say("a lab cluster from examples/mesh.yaml: nodes and pods are network namespaces");
     let mut mesh = MeshLab::without_agents()?;

@@ -73,6 +73,15 @@ pub fn step(description: &str, cmd: &mut std::process::Command) -> Result<()> {
     Ok(())
 }
 
+/// Removes what a crashed earlier run left in the lab, saying so.
+pub fn remove_lab_leftovers() -> Result<()> {
+    let removed = lab::clean_leftovers()?;
+    if !removed.is_empty() {
+        println!("removed leftovers of an earlier run: {removed:?}");
+    }
+    Ok(())
+}
+
 pub fn workspace_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

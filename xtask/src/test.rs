@@ -26,10 +26,7 @@ pub fn run() -> Result<()> {
         "build the agent and the lab's tools",
         cargo().args(["build", "--workspace", "--bins"]),
     )?;
-    let leftovers = lab::clean_leftovers()?;
-    if !leftovers.is_empty() {
-        println!("removed leftovers of an earlier run: {leftovers:?}");
-    }
+    crate::remove_lab_leftovers()?;
     step(
         "cargo test (unit and end-to-end)",
         cargo().args(["test", "--workspace"]),
