@@ -200,27 +200,27 @@ fn render(
         }
         for (k, w) in weights.iter().enumerate() {
             let b = same_ns[k % same_ns.len()];
-            let _ = write!(
+            let _ = writeln!(
                 y,
-                "        - {{name: svc-{b}, port: {}, weight: {w}}}\n",
+                "        - {{name: svc-{b}, port: {}, weight: {w}}}",
                 svcs[b].ports[0].0
             );
         }
         if let Some(h) = &r.header {
             if r.grpc {
-                let _ = write!(
+                let _ = writeln!(
                     y,
-                    "      matches: [{{method: {{service: pkg.{h}}}, headers: [{{name: x-{h}, value: \"1\"}}]}}]\n"
+                    "      matches: [{{method: {{service: pkg.{h}}}, headers: [{{name: x-{h}, value: \"1\"}}]}}]"
                 );
             } else {
-                let _ = write!(
+                let _ = writeln!(
                     y,
-                    "      matches: [{{path: {{type: Exact, value: /{h}}}, headers: [{{name: x-{h}, value: \"1\"}}]}}]\n"
+                    "      matches: [{{path: {{type: Exact, value: /{h}}}, headers: [{{name: x-{h}, value: \"1\"}}]}}]"
                 );
             }
         }
         if let (Some(t), false) = (r.timeout_s, r.grpc) {
-            let _ = write!(y, "      timeouts: {{request: {t}s}}\n");
+            let _ = writeln!(y, "      timeouts: {{request: {t}s}}");
         }
         if targeted.insert(si) {
             let _ = write!(
