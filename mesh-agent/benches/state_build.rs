@@ -104,8 +104,7 @@ fn ns_name(i: usize) -> String {
 /// Service `i` lives in namespace `i % NAMESPACES` and selects the ten pods `p`
 /// with `p % SERVICES == i`.
 fn generate(services: usize, pods: usize, routes: usize) -> ResourceSet {
-    let mut set = ResourceSet::default();
-    set.namespaces = (0..NAMESPACES.min(services))
+    let namespaces = (0..NAMESPACES.min(services))
         .map(|i| {
             let labels = BTreeMap::from([("weft.dev/mesh".to_owned(), "enabled".to_owned())]);
             Namespace {
@@ -119,7 +118,7 @@ fn generate(services: usize, pods: usize, routes: usize) -> ResourceSet {
             }
         })
         .collect();
-    set.pods = (0..pods)
+    let pods_list = (0..pods)
         .map(|i| {
             let svc = i % services;
             let labels = BTreeMap::from([
@@ -154,7 +153,7 @@ fn generate(services: usize, pods: usize, routes: usize) -> ResourceSet {
             }
         })
         .collect();
-    set.services = (0..services)
+    let services_list = (0..services)
         .map(|i| Service {
             metadata: meta(format!("svc-{i}"), &ns_name(i), None),
             spec: Some(ServiceSpec {
@@ -172,7 +171,7 @@ fn generate(services: usize, pods: usize, routes: usize) -> ResourceSet {
             status: None,
         })
         .collect();
-    set.http_routes = (0..routes)
+    let http_routes = (0..routes)
         .map(|i| {
             let svc = i % services;
             let other = (svc + NAMESPACES) % services; // same namespace
@@ -214,7 +213,13 @@ fn generate(services: usize, pods: usize, routes: usize) -> ResourceSet {
             }
         })
         .collect();
-    set
+    ResourceSet {
+        namespaces,
+        pods: pods_list,
+        services: services_list,
+        http_routes,
+        ..Default::default()
+    }
 }
 
 /// Peak resident set size of this process, in MB.
@@ -232,10 +237,10 @@ fn to_yaml(set: &ResourceSet) -> String {
     let docs = set
         .namespaces
         .iter()
-        .map(|x| serde_json::to_string(x))
-        .chain(set.services.iter().map(|x| serde_json::to_string(x)))
-        .chain(set.pods.iter().map(|x| serde_json::to_string(x)))
-        .chain(set.http_routes.iter().map(|x| serde_json::to_string(x)));
+        .map(serde_json::to_string)
+        .chain(set.services.iter().map(serde_json::to_string))
+        .chain(set.pods.iter().map(serde_json::to_string))
+        .chain(set.http_routes.iter().map(serde_json::to_string));
     for d in docs.flatten() {
         out.push_str("---\n");
         out.push_str(&d); // JSON is YAML (flow style)
