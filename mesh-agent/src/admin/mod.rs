@@ -100,3 +100,6 @@ pub async fn serve_router(listener: TcpListener, router: Router) -> anyhow::Resu
         });
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -24,61 +24,59 @@ const POLL: Duration = Duration::from_millis(500);
 /// Watches `paths` and publishes a new snapshot into `handle` after every valid
 /// change (within a second). Runs until dropped.
 pub async fn watch(paths: Vec<PathBuf>, handle: StateHandle, errors_counter: IntCounter) {
-    {
-        let paths: Vec<PathBuf> = paths
-            .iter()
-            .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()))
-            .collect();
-        let (tx, rx) = mpsc::unbounded_channel::<()>();
-        let watcher = start_watcher(&paths, tx);
-        let mut rx = watcher.as_ref().map(|_| rx);
-        let mut content = content_hash(&paths);
-        let mut meta = meta_fingerprint(&paths);
-        let mut tick = tokio::time::interval(POLL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let notified = tokio::select! {
-                ev = recv(&mut rx) => {
-                    if ev.is_none() {
-                        tracing::warn!("file watcher stopped; polling the configuration files");
-                        rx = None;
-                        continue;
-                    }
-                    tokio::time::sleep(DEBOUNCE).await;
-                    if let Some(r) = rx.as_mut() {
-                        while r.try_recv().is_ok() {}
-                    }
-                    true
+    let paths: Vec<PathBuf> = paths
+        .iter()
+        .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()))
+        .collect();
+    let (tx, rx) = mpsc::unbounded_channel::<()>();
+    let watcher = start_watcher(&paths, tx);
+    let mut rx = watcher.as_ref().map(|_| rx);
+    let mut content = content_hash(&paths);
+    let mut meta = meta_fingerprint(&paths);
+    let mut tick = tokio::time::interval(POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let notified = tokio::select! {
+            ev = recv(&mut rx) => {
+                if ev.is_none() {
+                    tracing::warn!("file watcher stopped; polling the configuration files");
+                    rx = None;
+                    continue;
                 }
-                _ = tick.tick() => false,
-            };
-            let m = meta_fingerprint(&paths);
-            if !notified && m == meta {
-                continue;
+                tokio::time::sleep(DEBOUNCE).await;
+                if let Some(r) = rx.as_mut() {
+                    while r.try_recv().is_ok() {}
+                }
+                true
             }
-            meta = m;
-            let c = content_hash(&paths);
-            if c == content {
-                continue;
+            _ = tick.tick() => false,
+        };
+        let m = meta_fingerprint(&paths);
+        if !notified && m == meta {
+            continue;
+        }
+        meta = m;
+        let c = content_hash(&paths);
+        if c == content {
+            continue;
+        }
+        content = c;
+        let load_paths = paths.clone();
+        match tokio::task::spawn_blocking(move || load(&load_paths)).await {
+            Ok(Ok(snapshot)) => {
+                let generation = handle.replace(snapshot);
+                tracing::info!(generation, "configuration reloaded");
             }
-            content = c;
-            let load_paths = paths.clone();
-            match tokio::task::spawn_blocking(move || load(&load_paths)).await {
-                Ok(Ok(snapshot)) => {
-                    let generation = handle.replace(snapshot);
-                    tracing::info!(generation, "configuration reloaded");
-                }
-                Ok(Err(errors)) => {
-                    errors_counter.inc();
-                    tracing::error!(
-                        errors = errors.len(),
-                        "configuration rejected, previous state kept:\n{errors}"
-                    );
-                }
-                Err(e) => {
-                    errors_counter.inc();
-                    tracing::error!("configuration reload failed: {e}");
-                }
+            Ok(Err(errors)) => {
+                errors_counter.inc();
+                tracing::error!(
+                    errors = errors.len(),
+                    "configuration rejected, previous state kept:\n{errors}"
+                );
+            }
+            Err(e) => {
+                errors_counter.inc();
+                tracing::error!("configuration reload failed: {e}");
             }
         }
     }

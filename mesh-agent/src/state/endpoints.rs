@@ -15,8 +15,8 @@ pub(super) fn compute(
     services: &[Arc<Service>],
 ) -> Vec<ServiceEndpoints> {
     // (namespace, label key, label value) -> eligible workload indexes.
-    let mut by_label: HashMap<(&str, &str, &str), Vec<u32>> =
-        HashMap::with_capacity(workloads.len() * 2);
+    let mut by_label: HashMap<(&str, &str, &str), Vec<u32>, foldhash::fast::RandomState> =
+        HashMap::with_capacity_and_hasher(workloads.len() * 2, Default::default());
     for (i, w) in workloads.iter().enumerate() {
         if !w.ready || w.ips.is_empty() {
             continue;
@@ -49,7 +49,7 @@ pub(super) fn compute(
 
 /// Indexes of eligible workloads matching the selector; no or empty selector: none.
 fn select(
-    by_label: &HashMap<(&str, &str, &str), Vec<u32>>,
+    by_label: &HashMap<(&str, &str, &str), Vec<u32>, foldhash::fast::RandomState>,
     workloads: &[Arc<Workload>],
     svc: &Service,
 ) -> Vec<usize> {

@@ -9,6 +9,14 @@ use std::{
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// Index maps hash with foldhash (seeded per process): keys come from the
+/// configuration, and SipHash costs more than the lookup itself on the hot path.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+fn map<K, V>(capacity: usize) -> Map<K, V> {
+    HashMap::with_capacity_and_hasher(capacity, foldhash::fast::RandomState::default())
+}
+
 use super::{
     model::{
         Endpoint, NamespaceInfo, Service, ServiceEndpoints, ServiceKey, ServicePort, Workload,
@@ -48,12 +56,12 @@ struct ServiceEntry {
 
 #[derive(Debug, Default)]
 struct Indexes {
-    by_ip: HashMap<IpAddr, usize>,
-    by_node: HashMap<String, Vec<usize>>,
-    by_netns: HashMap<PathBuf, usize>,
-    by_addr: HashMap<SocketAddr, (usize, usize)>,
-    services: HashMap<ServiceKey, ServiceEntry>,
-    authz_by_namespace: HashMap<String, Vec<usize>>,
+    by_ip: Map<IpAddr, usize>,
+    by_node: Map<String, Vec<usize>>,
+    by_netns: Map<PathBuf, usize>,
+    by_addr: Map<SocketAddr, (usize, usize)>,
+    services: Map<ServiceKey, ServiceEntry>,
+    authz_by_namespace: Map<String, Vec<usize>>,
 }
 
 /// One immutable desired state. Cheap to share as `Arc<Snapshot>`; every lookup
@@ -77,12 +85,12 @@ impl Snapshot {
     /// IP) keep the first; validation reports such input before it gets here.
     pub fn from_data(data: SnapshotData) -> Self {
         let mut idx = Indexes {
-            by_ip: HashMap::with_capacity(data.workloads.len()),
-            by_netns: HashMap::new(),
-            by_node: HashMap::new(),
-            by_addr: HashMap::with_capacity(data.services.len() * 2),
-            services: HashMap::with_capacity(data.services.len()),
-            authz_by_namespace: HashMap::new(),
+            by_ip: map(data.workloads.len()),
+            by_netns: map(0),
+            by_node: map(0),
+            by_addr: map(data.services.len() * 2),
+            services: map(data.services.len()),
+            authz_by_namespace: map(0),
         };
         for (i, w) in data.workloads.iter().enumerate() {
             for ip in &w.ips {

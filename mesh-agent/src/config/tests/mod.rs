@@ -1,1 +1,3 @@
 mod bad_inputs;
+mod roundtrip;
+mod watch;
