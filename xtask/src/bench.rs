@@ -49,7 +49,7 @@ pub fn run() -> Result<()> {
     unsafe {
         std::env::set_var("WEFT_AGENT_BIN", release.join("mesh-agent"));
         std::env::set_var("WEFT_LOAD_BIN", release.join("weft-load"));
-        std::env::set_var("WEFT_LAB_LOG", "warn");
+        std::env::set_var("WEFT_LAB_LOG", "warn,mesh_agent::run=info");
     }
     let measures = data_path()?;
     print_report(&measures)
