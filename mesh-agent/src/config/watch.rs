@@ -43,10 +43,7 @@ pub async fn watch(paths: Vec<PathBuf>, handle: StateHandle, errors_counter: Int
                     rx = None;
                     continue;
                 }
-                tokio::time::sleep(DEBOUNCE).await;
-                if let Some(r) = rx.as_mut() {
-                    while r.try_recv().is_ok() {}
-                }
+                settle(&paths, &mut rx).await;
                 true
             }
             _ = tick.tick() => false,
@@ -79,6 +76,24 @@ pub async fn watch(paths: Vec<PathBuf>, handle: StateHandle, errors_counter: Int
                 tracing::error!("configuration reload failed: {e}");
             }
         }
+    }
+}
+
+/// Waits until the files stop changing: an in-place write truncates before it
+/// writes, and loading in between would apply a half-written (often empty, hence
+/// valid) configuration. Bounded, so a file rewritten non-stop is still loaded.
+async fn settle(paths: &[PathBuf], rx: &mut Option<mpsc::UnboundedReceiver<()>>) {
+    let mut last = content_hash(paths);
+    for _ in 0..10 {
+        tokio::time::sleep(DEBOUNCE).await;
+        if let Some(r) = rx.as_mut() {
+            while r.try_recv().is_ok() {}
+        }
+        let now = content_hash(paths);
+        if now == last {
+            return;
+        }
+        last = now;
     }
 }
 

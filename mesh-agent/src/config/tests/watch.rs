@@ -26,14 +26,15 @@ fn replace_by_rename(path: &Path, content: &str) {
     std::fs::rename(&tmp, path).expect("rename");
 }
 
-async fn wait_generation(
+/// Waits until the published state holds `want` workloads: the edit is in force.
+async fn wait_workloads(
     handle: &StateHandle,
     rx: &mut tokio::sync::watch::Receiver<u64>,
-    want: u64,
+    want: usize,
 ) -> Duration {
     let start = std::time::Instant::now();
     let r = tokio::time::timeout(Duration::from_secs(1), async {
-        while *rx.borrow_and_update() < want {
+        while handle.current().workloads().count() != want {
             if rx.changed().await.is_err() {
                 break;
             }
@@ -42,7 +43,7 @@ async fn wait_generation(
     .await;
     assert!(
         r.is_ok(),
-        "generation {want} not published within 1 s (now {})",
+        "{want} workloads not in force within 1 s (generation {})",
         handle.current().generation
     );
     start.elapsed()
@@ -61,31 +62,29 @@ async fn edits_apply_within_a_second_and_invalid_ones_change_nothing() {
 
     // A valid in-place edit.
     std::fs::write(&path, format!("{BASE}{}", pods(2))).expect("write");
-    wait_generation(&handle, &mut rx, 2).await;
-    assert_eq!(handle.current().workloads().count(), 2);
+    wait_workloads(&handle, &mut rx, 2).await;
 
     // A valid edit by rename.
     replace_by_rename(&path, &format!("{BASE}{}", pods(3)));
-    wait_generation(&handle, &mut rx, 3).await;
-    assert_eq!(handle.current().workloads().count(), 3);
+    wait_workloads(&handle, &mut rx, 3).await;
+    let good = handle.current().generation;
 
     // An invalid edit: two pods on one IP. Nothing changes; the error is counted.
     let bad = format!("{BASE}{}", pods(3)).replace("10.88.1.3", "10.88.1.1");
     std::fs::write(&path, bad).expect("write");
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(counter.get(), 1);
-    assert_eq!(handle.current().generation, 3);
+    assert_eq!(handle.current().generation, good);
     assert_eq!(handle.current().workloads().count(), 3);
 
     // A YAML syntax error: counted too, still nothing changes.
     replace_by_rename(&path, "apiVersion: v1\nkind: [\n");
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(counter.get(), 2);
-    assert_eq!(handle.current().generation, 3);
+    assert_eq!(handle.current().generation, good);
 
     // Fixing it applies again.
     std::fs::write(&path, format!("{BASE}{}", pods(4))).expect("write");
-    wait_generation(&handle, &mut rx, 4).await;
-    assert_eq!(handle.current().workloads().count(), 4);
+    wait_workloads(&handle, &mut rx, 4).await;
     task.abort();
 }
