@@ -67,9 +67,19 @@ impl KernelPrograms {
 
     /// Releases a pod: outbound first, then inbound. Entries already gone are fine.
     pub fn unenrol(&mut self, netns_cookie: u64, pod_ips: &[IpAddr]) -> Result<()> {
+        self.release_netns(netns_cookie)?;
+        self.release_pod_ips(pod_ips)
+    }
+
+    /// Stops capturing a netns: its outbound entry and its sk_lookup link.
+    pub fn release_netns(&mut self, netns_cookie: u64) -> Result<()> {
         ignore_missing(self.maps_mut().enrolled_netns.remove(&netns_cookie))
             .context("remove the pod netns from outbound capture")?;
-        self.detach_sk_lookup(netns_cookie)?;
+        self.detach_sk_lookup(netns_cookie)
+    }
+
+    /// Stops steering inbound traffic to these pod IPs.
+    pub fn release_pod_ips(&mut self, pod_ips: &[IpAddr]) -> Result<()> {
         for ip in pod_ips {
             let key = pod_ip_key(*ip);
             let maps = self.maps_mut();

@@ -252,7 +252,7 @@ impl PodManager {
         let mut cookies = self.programs.maps().enrolled_cookies();
         cookies.extend(self.programs.layout().pinned_sk_lookup_cookies());
         for cookie in cookies.into_iter().filter(|c| !live_cookies.contains(c)) {
-            if let Err(e) = self.programs.unenrol(cookie, &[]) {
+            if let Err(e) = self.programs.release_netns(cookie) {
                 warn!(cookie, error = %format!("{e:#}"), "removing a stale enrolment");
             }
         }
@@ -263,7 +263,7 @@ impl PodManager {
             .into_iter()
             .filter(|ip| !live_ips.contains(ip))
             .collect();
-        if let Err(e) = self.programs.unenrol(0, &stale_ips) {
+        if let Err(e) = self.programs.release_pod_ips(&stale_ips) {
             warn!(error = %format!("{e:#}"), "removing stale inbound entries");
         }
     }
