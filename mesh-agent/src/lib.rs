@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod ebpf;
 pub mod netns;
+pub mod policy;
 pub mod proxy;
 pub mod run;
 pub mod state;

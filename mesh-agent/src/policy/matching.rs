@@ -1,0 +1,94 @@
+//! Whether one rule of a policy matches a connection.
+
+use crate::config::resources::weft::{Operation, PolicyAction, PolicyRule, Source};
+
+use super::ConnectionAttrs;
+
+/// `from` entries are ORed (none: any source), `to` entries likewise.
+pub(super) fn rule_matches(
+    rule: &PolicyRule,
+    action: PolicyAction,
+    conn: &ConnectionAttrs,
+) -> bool {
+    let from = rule.from.is_empty() || rule.from.iter().any(|f| source_matches(&f.source, conn));
+    let to = rule.to.is_empty()
+        || rule
+            .to
+            .iter()
+            .any(|t| operation_matches(&t.operation, action, conn));
+    from && to
+}
+
+/// Every field that is set must hold (AND); each list is an OR of its values.
+fn source_matches(s: &Source, conn: &ConnectionAttrs) -> bool {
+    let principal = conn.principal.as_deref();
+    let namespace = conn.namespace.as_deref();
+    positive(&s.principals, |p| value_matches(p, principal))
+        && negative(&s.not_principals, |p| value_matches(p, principal))
+        && positive(&s.namespaces, |n| value_matches(n, namespace))
+        && negative(&s.not_namespaces, |n| value_matches(n, namespace))
+        && positive(&s.ip_blocks, |b| b.contains(&conn.source_ip))
+        && negative(&s.not_ip_blocks, |b| b.contains(&conn.source_ip))
+}
+
+fn operation_matches(op: &Operation, action: PolicyAction, conn: &ConnectionAttrs) -> bool {
+    let names_http = !(op.methods.is_empty()
+        && op.not_methods.is_empty()
+        && op.paths.is_empty()
+        && op.not_paths.is_empty());
+    if names_http {
+        // Fail safe at L4: an HTTP condition we cannot check never grants
+        // access, and always takes it away.
+        return action == PolicyAction::Deny;
+    }
+    let port = i32::from(conn.destination_port);
+    positive(&op.ports, |p| *p == port) && negative(&op.not_ports, |p| *p == port)
+}
+
+/// An empty list places no condition; otherwise one value must match.
+fn positive<T>(list: &[T], matches: impl Fn(&T) -> bool) -> bool {
+    list.is_empty() || list.iter().any(matches)
+}
+
+/// An empty list places no condition; otherwise no value may match.
+fn negative<T>(list: &[T], matches: impl Fn(&T) -> bool) -> bool {
+    !list.iter().any(matches)
+}
+
+/// Istio's string match: `*` is any present value, `abc*` a prefix, `*abc` a
+/// suffix, anything else exact. An absent value (plaintext has no principal or
+/// namespace) matches nothing.
+fn value_matches(pattern: &str, value: Option<&str>) -> bool {
+    let Some(value) = value else {
+        return false;
+    };
+    let pattern = pattern.strip_prefix("spiffe://").unwrap_or(pattern);
+    if pattern == "*" {
+        true
+    } else if let Some(prefix) = pattern.strip_suffix('*') {
+        value.starts_with(prefix)
+    } else if let Some(suffix) = pattern.strip_prefix('*') {
+        value.ends_with(suffix)
+    } else {
+        value == pattern
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::value_matches;
+
+    #[test]
+    fn string_matching_follows_istio() {
+        let v = Some("cluster.local/ns/shop/sa/frontend");
+        assert!(value_matches("*", v));
+        assert!(value_matches("cluster.local/ns/shop/*", v));
+        assert!(value_matches("*/sa/frontend", v));
+        assert!(value_matches(
+            "spiffe://cluster.local/ns/shop/sa/frontend",
+            v
+        ));
+        assert!(!value_matches("cluster.local/ns/shop/sa/front", v));
+        assert!(!value_matches("*", None));
+    }
+}

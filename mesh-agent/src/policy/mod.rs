@@ -1,0 +1,162 @@
+//! Authorization decisions (DESIGN §3 `policy`): which `AuthorizationPolicy`
+//! lets a connection reach a workload, evaluated by the destination agent.
+//!
+//! Semantics follow Istio's: a matching `DENY` refuses; otherwise, if any
+//! `ALLOW` policy applies to the workload, one of its rules must match;
+//! otherwise the connection is allowed. `AUDIT` never changes the outcome, it
+//! is reported. A policy without rules matches nothing; a rule `{}` matches
+//! everything. Inside a rule the `from` and `to` entries are ORed and the fields
+//! of one entry ANDed.
+//!
+//! This is the L4 part: HTTP attributes (`methods`, `paths`) cannot be seen
+//! here, so an operation that names them fails safe, as ztunnel does: it never
+//! matches for `ALLOW` and always matches for `DENY`.
+
+mod matching;
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::config::resources::weft::PolicyAction;
+use crate::state::{AuthorizationPolicy, ResourceKey, Snapshot, Workload};
+
+use matching::rule_matches;
+
+/// What the destination agent knows of a connection when it decides.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectionAttrs {
+    /// The client's verified SPIFFE id without the `spiffe://` scheme
+    /// (`cluster.local/ns/shop/sa/frontend`, as policies write it); `None` for
+    /// plaintext.
+    pub principal: Option<String>,
+    /// The client's namespace, from its verified identity; `None` for plaintext.
+    pub namespace: Option<String>,
+    pub source_ip: IpAddr,
+    /// The port at the destination workload (the app's port).
+    pub destination_port: u16,
+}
+
+impl ConnectionAttrs {
+    /// Attributes of a connection whose client proved `spiffe_id`.
+    pub fn authenticated(spiffe_id: &str, source_ip: IpAddr, destination_port: u16) -> Self {
+        let principal = spiffe_id.strip_prefix("spiffe://").unwrap_or(spiffe_id);
+        let namespace = principal
+            .split('/')
+            .skip_while(|part| *part != "ns")
+            .nth(1)
+            .map(str::to_owned);
+        Self {
+            principal: Some(principal.to_owned()),
+            namespace,
+            source_ip,
+            destination_port,
+        }
+    }
+
+    /// Attributes of a plaintext connection: only the address is known.
+    pub fn plaintext(source_ip: IpAddr, destination_port: u16) -> Self {
+        Self {
+            principal: None,
+            namespace: None,
+            source_ip,
+            destination_port,
+        }
+    }
+}
+
+impl fmt::Display for ConnectionAttrs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.principal {
+            Some(p) => write!(f, "{p} from {}", self.source_ip)?,
+            None => write!(f, "plaintext from {}", self.source_ip)?,
+        }
+        write!(f, " to port {}", self.destination_port)
+    }
+}
+
+/// The outcome, with the policy that decided it (for the log and the refusal).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub verdict: Verdict,
+    /// `AUDIT` policies that matched.
+    pub audited: Vec<ResourceKey>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// No policy objects.
+    AllowedNoPolicy,
+    /// This `ALLOW` policy matched.
+    Allowed(ResourceKey),
+    /// This `DENY` policy matched.
+    Denied(ResourceKey),
+    /// `ALLOW` policies apply to the workload and none matched.
+    NotAllowed,
+}
+
+impl Decision {
+    pub fn is_allowed(&self) -> bool {
+        matches!(self.verdict, Verdict::AllowedNoPolicy | Verdict::Allowed(_))
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Verdict::AllowedNoPolicy => f.write_str("allowed: no policy denies it"),
+            Verdict::Allowed(p) => write!(f, "allowed by ALLOW policy {p}"),
+            Verdict::Denied(p) => write!(f, "denied by DENY policy {p}"),
+            Verdict::NotAllowed => f.write_str(
+                "denied: ALLOW policies select this workload and none of their rules matches",
+            ),
+        }
+    }
+}
+
+/// Decides whether `conn` may reach `workload` under the policies of `snapshot`.
+pub fn evaluate(snapshot: &Snapshot, workload: &Workload, conn: &ConnectionAttrs) -> Decision {
+    decide(snapshot.policies_for(workload), conn)
+}
+
+/// The decision over an explicit set of policies (those that select the workload).
+pub fn decide<'a>(
+    policies: impl IntoIterator<Item = &'a Arc<AuthorizationPolicy>>,
+    conn: &ConnectionAttrs,
+) -> Decision {
+    let mut audited = Vec::new();
+    let mut denied = None;
+    let mut allowed = None;
+    let mut any_allow = false;
+    for policy in policies {
+        let matches = || {
+            policy
+                .rules
+                .iter()
+                .any(|r| rule_matches(r, policy.action, conn))
+        };
+        match policy.action {
+            PolicyAction::Deny if denied.is_none() && matches() => {
+                denied = Some(policy.key.clone())
+            }
+            PolicyAction::Allow => {
+                any_allow = true;
+                if allowed.is_none() && matches() {
+                    allowed = Some(policy.key.clone());
+                }
+            }
+            PolicyAction::Audit if matches() => audited.push(policy.key.clone()),
+            _ => {}
+        }
+    }
+    let verdict = match (denied, allowed) {
+        (Some(deny), _) => Verdict::Denied(deny),
+        (None, Some(allow)) => Verdict::Allowed(allow),
+        (None, None) if any_allow => Verdict::NotAllowed,
+        (None, None) => Verdict::AllowedNoPolicy,
+    };
+    Decision { verdict, audited }
+}
+
+#[cfg(test)]
+mod tests;
