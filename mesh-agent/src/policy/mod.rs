@@ -13,6 +13,7 @@
 //! matches for `ALLOW` and always matches for `DENY`.
 
 mod matching;
+mod review;
 
 use std::fmt;
 use std::net::IpAddr;
@@ -22,6 +23,7 @@ use crate::config::resources::weft::PolicyAction;
 use crate::state::{AuthorizationPolicy, ResourceKey, Snapshot, Workload};
 
 use matching::rule_matches;
+pub use review::{AdmissionGuard, AdmittedConnections, Revoked};
 
 /// What the destination agent knows of a connection when it decides.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -16,6 +16,7 @@ use super::copy::{CopyObserver, CopyResult, Direction};
 use super::pod::{ConnectionPermit, PodConnections};
 use super::tunnel::{Refusal, StreamHandler, serve_connection};
 use super::{Dialer, Shared, bridge, dial, reset};
+use crate::policy::AdmissionGuard;
 use crate::telemetry::{ConnectionLabels, ConnectionMetrics, RefuseReason};
 
 /// What the inbound handlers ask of the agent, for one pod.
@@ -51,6 +52,27 @@ pub trait InboundContext: Send + Sync + 'static {
         peer: SocketAddr,
         local: SocketAddr,
     ) -> Result<ConnectionLabels, Refusal>;
+
+    /// Keeps an admitted tunnel stream under policy review while the returned
+    /// guard lives: the agent closes `upstream` if a later change denies it.
+    fn review_tunnel(
+        &self,
+        _peer: &Self::Peer,
+        _target: SocketAddr,
+        _upstream: &TcpStream,
+    ) -> Option<AdmissionGuard> {
+        None
+    }
+
+    /// As `review_tunnel`, for an admitted plaintext connection.
+    fn review_plaintext(
+        &self,
+        _peer: SocketAddr,
+        _local: SocketAddr,
+        _upstream: &TcpStream,
+    ) -> Option<AdmissionGuard> {
+        None
+    }
 }
 
 /// Runs the pod's tunnel listener until `pod` stops accepting; its open
@@ -100,6 +122,7 @@ struct TunnelHandler<C> {
 struct StreamSession {
     metrics: ConnectionMetrics,
     _permit: ConnectionPermit,
+    _review: Option<AdmissionGuard>,
 }
 
 impl CopyObserver for StreamSession {
@@ -141,11 +164,13 @@ impl<C: InboundContext> StreamHandler<C::Peer> for TunnelHandler<C> {
             Refusal::unavailable(format!("connect {target}: {e}"))
         })?;
         let _ = upstream.set_nodelay(true);
+        let review = self.ctx.review_tunnel(peer, target, &upstream);
         Ok((
             upstream,
             StreamSession {
                 metrics: metrics.connection(&labels),
                 _permit: permit,
+                _review: review,
             },
         ))
     }
@@ -206,6 +231,7 @@ async fn plaintext<C: InboundContext>(
         }
     };
     let _ = upstream.set_nodelay(true);
+    let _review = ctx.review_plaintext(peer, local, &upstream);
     let conn = metrics.connection(&labels);
     bridge(
         &mut client,

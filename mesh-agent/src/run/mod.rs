@@ -3,6 +3,7 @@
 //! and metrics servers; then waits for a signal.
 
 mod args;
+mod inbound;
 mod memory;
 mod pod_context;
 mod pods;

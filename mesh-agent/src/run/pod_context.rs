@@ -11,13 +11,13 @@ use aya::maps::{HashMap, MapData};
 use mesh_common::{OrigDst, PortKey};
 use tokio::net::TcpStream;
 
-use super::resolve::{PoolKey, resolve, workload_label};
+use super::resolve::{PoolKey, resolve};
 use crate::ebpf::orig_dst_to_socket_addr;
 use crate::netns::{Netns, connect_marked};
-use crate::proxy::tunnel::Refusal;
-use crate::proxy::{Dialer, InboundContext, OutboundContext, Route};
-use crate::state::{MtlsMode, StateHandle, Workload};
-use crate::telemetry::{ConnectionLabels, Reporter};
+use crate::policy::AdmittedConnections;
+use crate::proxy::{Dialer, OutboundContext, Route};
+use crate::state::{StateHandle, Workload};
+use crate::telemetry::Metrics;
 
 /// Connects from inside a pod's netns, with the agent mark.
 pub struct NetnsDialer {
@@ -41,6 +41,11 @@ pub struct PodContext {
     pub orig_dst: OrigDstMap,
     pub node_addr: Option<IpAddr>,
     pub round_robin: AtomicUsize,
+    /// This pod's SPIFFE id.
+    pub identity: String,
+    /// Inbound connections kept under policy review.
+    pub admitted: AdmittedConnections,
+    pub metrics: Arc<Metrics>,
 }
 
 impl OutboundContext for PodContext {
@@ -76,67 +81,5 @@ impl OutboundContext for PodContext {
     ) -> io::Result<TcpStream> {
         // The tunnel leaves from the source pod's netns, with the pod's own IP.
         connect_marked(&self.dialer.netns, tunnel_addr).await
-    }
-}
-
-impl PodContext {
-    fn inbound_labels(&self, peer: IpAddr) -> ConnectionLabels {
-        let snapshot = self.state.current();
-        let source = snapshot.workload_by_ip(peer);
-        ConnectionLabels {
-            reporter: Reporter::Destination,
-            source_workload: source.map(|w| workload_label(w)).unwrap_or_default(),
-            source_workload_namespace: source.map(|w| w.key.namespace.clone()).unwrap_or_default(),
-            destination_workload: workload_label(&self.workload),
-            destination_workload_namespace: self.workload.key.namespace.clone(),
-            ..Default::default()
-        }
-    }
-}
-
-impl InboundContext for PodContext {
-    type Dialer = NetnsDialer;
-    type TunnelIo = TcpStream;
-    type Peer = SocketAddr;
-
-    fn dialer(&self) -> &NetnsDialer {
-        &self.dialer
-    }
-
-    async fn accept_tunnel(
-        &self,
-        stream: TcpStream,
-        peer: SocketAddr,
-    ) -> io::Result<(TcpStream, SocketAddr)> {
-        Ok((stream, peer))
-    }
-
-    fn authorize(
-        &self,
-        peer: &SocketAddr,
-        target: SocketAddr,
-    ) -> Result<ConnectionLabels, Refusal> {
-        if !self.workload.ips.contains(&target.ip()) {
-            return Err(Refusal::bad_request(format!(
-                "{target} is not an address of pod {}",
-                self.workload.key
-            )));
-        }
-        Ok(self.inbound_labels(peer.ip()))
-    }
-
-    fn inbound_plaintext_allowed(
-        &self,
-        peer: SocketAddr,
-        _local: SocketAddr,
-    ) -> Result<ConnectionLabels, Refusal> {
-        let from_node = Some(peer.ip()) == self.node_addr;
-        if self.workload.mtls == MtlsMode::Strict && !from_node {
-            return Err(Refusal::forbidden(format!(
-                "namespace {} is strict mTLS: plaintext from {peer} refused",
-                self.workload.key.namespace
-            )));
-        }
-        Ok(self.inbound_labels(peer.ip()))
     }
 }

@@ -12,7 +12,7 @@ use mesh_common::{INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, TUNNEL_PORT};
 use tracing::{debug, info, warn};
 
 use super::pod_context::{NetnsDialer, OrigDstMap, PodContext};
-use super::resolve::PoolKey;
+use super::resolve::{PoolKey, identity};
 use crate::ebpf::{InboundEnrolment, KernelPrograms, PodEnrolment};
 use crate::netns::{Netns, bind_listener, netns_cookie};
 use crate::proxy::pod::PodConnections;
@@ -31,6 +31,7 @@ struct EnrolledPod {
     ips: Vec<IpAddr>,
     /// The pod's proxies: closing it stops its listeners and connections.
     connections: PodConnections,
+    ctx: Arc<PodContext>,
 }
 
 /// The agent's listeners inside a pod's netns.
@@ -147,6 +148,9 @@ impl PodManager {
                 }
             }
         }
+        for pod in self.pods.values() {
+            pod.ctx.review_connections();
+        }
     }
 
     /// Opens the pod's listeners, puts the kernel capture in place, then starts
@@ -180,10 +184,13 @@ impl PodManager {
             orig_dst: self.orig_dst.clone(),
             node_addr,
             round_robin: Default::default(),
+            identity: identity(workload),
+            admitted: Default::default(),
+            metrics: self.shared.metrics.clone(),
         });
         let connections =
             PodConnections::new(workload.key.to_string(), DEFAULT_MAX_CONNECTIONS_PER_POD);
-        let started = self.start_proxies(sockets, ctx, &connections);
+        let started = self.start_proxies(sockets, ctx.clone(), &connections);
         if let Err(e) = started {
             connections.close_all();
             self.programs.unenrol(cookie, &workload.ips)?;
@@ -194,6 +201,7 @@ impl PodManager {
             netns_cookie: cookie,
             ips: workload.ips.clone(),
             connections,
+            ctx,
         })
     }
 

@@ -124,6 +124,7 @@ pub struct Metrics {
     received_bytes: IntCounterVec,
     config_errors: IntCounter,
     refused: IntCounterVec,
+    revoked: IntCounter,
     pool_connections: IntGauge,
 }
 
@@ -169,6 +170,11 @@ impl Metrics {
             &["reason"],
         )?;
         registry.register(Box::new(refused.clone()))?;
+        let revoked = IntCounter::new(
+            "weft_connections_revoked_total",
+            "Open connections closed because a policy change denies them",
+        )?;
+        registry.register(Box::new(revoked.clone()))?;
         let pool_connections = IntGauge::new(
             "weft_pool_connections",
             "Open pooled tunnel (HTTP/2) connections",
@@ -182,6 +188,7 @@ impl Metrics {
             received_bytes,
             config_errors,
             refused,
+            revoked,
             pool_connections,
         })
     }
@@ -200,6 +207,11 @@ impl Metrics {
 
     pub fn refused(&self, reason: RefuseReason) {
         self.refused.with_label_values(&[reason.as_str()]).inc();
+    }
+
+    /// An open connection closed because policy now denies it.
+    pub fn revoked(&self) {
+        self.revoked.inc();
     }
 
     pub fn config_errors(&self) -> &IntCounter {

@@ -1,0 +1,198 @@
+//! The inbound admission rules of one pod: the tunnel's peer identity, strict
+//! mTLS, and AuthorizationPolicy, decided at this (the destination) agent.
+//! Admitted connections stay under review: a policy change that denies them
+//! closes them.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+
+use tokio::net::TcpStream;
+use tracing::{info, warn};
+
+use super::pod_context::{NetnsDialer, PodContext};
+use super::resolve::workload_label;
+use crate::policy::{self, AdmissionGuard, ConnectionAttrs, Decision};
+use crate::proxy::InboundContext;
+use crate::proxy::tunnel::Refusal;
+use crate::state::{MtlsMode, Snapshot, Workload};
+use crate::telemetry::{ConnectionLabels, Reporter, SecurityPolicy};
+
+/// Who is at the other end of a tunnel connection.
+#[derive(Clone, Debug)]
+pub struct TunnelPeer {
+    pub addr: SocketAddr,
+    /// The SPIFFE id its certificate proved; `None` only when the tunnel runs
+    /// without TLS (a benchmark setting).
+    pub identity: Option<String>,
+}
+
+impl TunnelPeer {
+    fn attrs(&self, port: u16) -> ConnectionAttrs {
+        match &self.identity {
+            Some(id) => ConnectionAttrs::authenticated(id, self.addr.ip(), port),
+            None => ConnectionAttrs::plaintext(self.addr.ip(), port),
+        }
+    }
+}
+
+impl PodContext {
+    /// This pod as the current snapshot has it (labels may have changed since
+    /// enrolment, and policies select by label).
+    fn current_workload<'a>(&'a self, snapshot: &'a Snapshot) -> &'a Workload {
+        self.workload
+            .ips
+            .first()
+            .and_then(|ip| snapshot.workload_by_ip(*ip))
+            .filter(|w| w.key == self.workload.key)
+            .unwrap_or(&self.workload)
+    }
+
+    /// Decides `attrs` now; logs refusals and audits with the deciding policy.
+    fn decide(&self, attrs: &ConnectionAttrs) -> Result<(), Refusal> {
+        let snapshot = self.state.current();
+        let decision = policy::evaluate(&snapshot, self.current_workload(&snapshot), attrs);
+        log_audits(&self.workload, attrs, &decision);
+        if decision.is_allowed() {
+            return Ok(());
+        }
+        info!(pod = %self.workload.key, connection = %attrs, decision = %decision.verdict, "connection refused by policy");
+        Err(Refusal::forbidden(format!("{attrs}: {}", decision.verdict)))
+    }
+
+    fn inbound_labels(&self, peer: IpAddr, principal: Option<&str>) -> ConnectionLabels {
+        let snapshot = self.state.current();
+        let source = snapshot.workload_by_ip(peer);
+        ConnectionLabels {
+            reporter: Reporter::Destination,
+            source_workload: source.map(|w| workload_label(w)).unwrap_or_default(),
+            source_workload_namespace: source.map(|w| w.key.namespace.clone()).unwrap_or_default(),
+            source_principal: principal.unwrap_or_default().to_owned(),
+            destination_workload: workload_label(&self.workload),
+            destination_workload_namespace: self.workload.key.namespace.clone(),
+            destination_principal: if principal.is_some() {
+                self.identity.clone()
+            } else {
+                String::new()
+            },
+            connection_security_policy: if principal.is_some() {
+                SecurityPolicy::MutualTls
+            } else {
+                SecurityPolicy::None
+            },
+            ..Default::default()
+        }
+    }
+
+    /// Decides every open inbound connection again under the current policies
+    /// and closes those now denied.
+    pub fn review_connections(&self) {
+        if self.admitted.is_empty() {
+            return;
+        }
+        let snapshot = self.state.current();
+        let workload = self.current_workload(&snapshot);
+        let revoked = self
+            .admitted
+            .review(|attrs| policy::evaluate(&snapshot, workload, attrs));
+        for r in revoked {
+            warn!(pod = %self.workload.key, connection = %r.attrs, decision = %r.decision.verdict, "open connection closed: policy now denies it");
+            self.metrics.revoked();
+        }
+    }
+
+    fn admit(&self, attrs: ConnectionAttrs, upstream: &TcpStream) -> Option<AdmissionGuard> {
+        self.admitted
+            .admit(attrs, upstream)
+            .inspect_err(|e| warn!(pod = %self.workload.key, error = %e, "cannot keep a connection under policy review"))
+            .ok()
+    }
+}
+
+fn log_audits(workload: &Workload, attrs: &ConnectionAttrs, decision: &Decision) {
+    for policy in &decision.audited {
+        info!(pod = %workload.key, connection = %attrs, %policy, allowed = decision.is_allowed(), "audit");
+    }
+}
+
+impl InboundContext for PodContext {
+    type Dialer = NetnsDialer;
+    type TunnelIo = TcpStream;
+    type Peer = TunnelPeer;
+
+    fn dialer(&self) -> &NetnsDialer {
+        &self.dialer
+    }
+
+    async fn accept_tunnel(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+    ) -> io::Result<(TcpStream, TunnelPeer)> {
+        Ok((
+            stream,
+            TunnelPeer {
+                addr: peer,
+                identity: None,
+            },
+        ))
+    }
+
+    fn authorize(
+        &self,
+        peer: &TunnelPeer,
+        target: SocketAddr,
+    ) -> Result<ConnectionLabels, Refusal> {
+        if !self.workload.ips.contains(&target.ip()) {
+            return Err(Refusal::bad_request(format!(
+                "{target} is not an address of pod {}",
+                self.workload.key
+            )));
+        }
+        self.decide(&peer.attrs(target.port()))?;
+        Ok(self.inbound_labels(peer.addr.ip(), peer.identity.as_deref()))
+    }
+
+    fn inbound_plaintext_allowed(
+        &self,
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) -> Result<ConnectionLabels, Refusal> {
+        let from_node = Some(peer.ip()) == self.node_addr;
+        if self.workload.mtls == MtlsMode::Strict && !from_node {
+            info!(pod = %self.workload.key, %peer, "plaintext refused: namespace is strict mTLS");
+            return Err(Refusal::forbidden(format!(
+                "namespace {} is strict mTLS: plaintext from {peer} refused",
+                self.workload.key.namespace
+            )));
+        }
+        // The node's own probes are not subject to workload policy.
+        if !from_node {
+            self.decide(&ConnectionAttrs::plaintext(peer.ip(), local.port()))?;
+        }
+        Ok(self.inbound_labels(peer.ip(), None))
+    }
+
+    fn review_tunnel(
+        &self,
+        peer: &TunnelPeer,
+        target: SocketAddr,
+        upstream: &TcpStream,
+    ) -> Option<AdmissionGuard> {
+        self.admit(peer.attrs(target.port()), upstream)
+    }
+
+    fn review_plaintext(
+        &self,
+        peer: SocketAddr,
+        local: SocketAddr,
+        upstream: &TcpStream,
+    ) -> Option<AdmissionGuard> {
+        let from_node = Some(peer.ip()) == self.node_addr;
+        (!from_node).then(|| {
+            self.admit(
+                ConnectionAttrs::plaintext(peer.ip(), local.port()),
+                upstream,
+            )
+        })?
+    }
+}
