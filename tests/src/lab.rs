@@ -55,6 +55,14 @@ impl Lab {
         &self.id
     }
 
+    /// `program` in the underlay's netns, where the bridge `ul0` joins the nodes:
+    /// the wire between nodes, for captures.
+    pub fn underlay_command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.underlay, program]);
+        cmd
+    }
+
     /// The lab's cgroup: agents attach their programs here.
     pub fn cgroup(&self) -> &Path {
         &self.cgroup

@@ -16,6 +16,10 @@ pub struct MeshLab {
     pub lab: Lab,
     pub config: LabConfig,
     pub agents: Vec<Agent>,
+    /// The mesh's local CA (`ca.crt`, `ca.key`), made by `mesh-agent ca init`.
+    pub ca_dir: PathBuf,
+    /// Flags every agent of this mesh gets after the lab's own.
+    pub agent_args: Vec<String>,
 }
 
 /// `examples/mesh.yaml` in this repository.
@@ -37,16 +41,35 @@ impl MeshLab {
                 lab.spawn(cmd)?;
             }
         }
+        let ca_dir = lab.run_dir().join("ca");
+        let init = std::process::Command::new(crate::agent::agent_binary()?)
+            .args(["ca", "init"])
+            .arg(&ca_dir)
+            .output()?;
+        if !init.status.success() {
+            bail!(
+                "mesh-agent ca init failed: {}",
+                String::from_utf8_lossy(&init.stderr).trim()
+            );
+        }
         Ok(MeshLab {
             lab,
             config,
             agents: Vec::new(),
+            ca_dir,
+            agent_args: Vec::new(),
         })
     }
 
     /// The example topology with servers and an agent on every node.
     pub fn start() -> Result<MeshLab> {
+        Self::start_with(&[])
+    }
+
+    /// As `start`, every agent getting `agent_args` too (now and on restarts).
+    pub fn start_with(agent_args: &[&str]) -> Result<MeshLab> {
         let mut mesh = Self::without_agents()?;
+        mesh.agent_args = agent_args.iter().map(|a| (*a).to_owned()).collect();
         let nodes: Vec<String> = mesh.lab.nodes().iter().map(|n| n.name.clone()).collect();
         for node in nodes {
             mesh.start_agent(&node)?;
@@ -60,7 +83,10 @@ impl MeshLab {
             old.kill(&self.lab)?;
         }
         self.agents.retain(|a| a.node != node);
-        let agent = Agent::start(&self.lab, node, self.config.path(), &[])?;
+        let mut args = vec!["--ca-dir".to_owned(), self.ca_dir.display().to_string()];
+        args.extend(self.agent_args.iter().cloned());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let agent = Agent::start(&self.lab, node, self.config.path(), &args)?;
         self.agents.push(agent);
         Ok(self.agents.last().expect("just pushed"))
     }

@@ -2,9 +2,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
+
+use crate::config::resources::duration::GatewayDuration;
 
 pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/weft";
 
@@ -32,6 +35,29 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// The local CA: a directory with `ca.crt` and `ca.key` (`mesh-agent ca init DIR`
+    /// makes one).
+    #[arg(long, env = "WEFT_CA_DIR")]
+    pub ca_dir: PathBuf,
+    /// Trust domain of the workloads' SPIFFE ids.
+    #[arg(long, default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// Lifetime of workload certificates, renewed at half life (Gateway API
+    /// duration: `24h`, `90m`, `10s`).
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub cert_lifetime: Duration,
+    /// Benchmarks only: carry the tunnel without TLS, so meshed traffic crosses
+    /// between nodes in the clear. Never in production.
+    #[arg(long, hide = true)]
+    pub insecure_plaintext_tunnel: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = s.parse::<GatewayDuration>().map_err(|e| e.to_string())?.0;
+    if d.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(d)
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

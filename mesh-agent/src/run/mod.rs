@@ -75,7 +75,13 @@ async fn run(args: RunArgs) -> Result<()> {
         metrics: metrics.clone(),
         config: Arc::new(ProxyConfig::default()),
     };
-    let pods = PodManager::new(args.node.clone(), programs, state.clone(), shared)?;
+    let pods = PodManager::new(
+        args.node.clone(),
+        programs,
+        state.clone(),
+        shared,
+        &args.trust_domain,
+    )?;
     let pods_task = tokio::spawn(pods.run_until_shutdown(shutdown_signal()));
 
     tokio::spawn(memory::release_freed_memory_periodically());

@@ -17,7 +17,7 @@ use crate::netns::{Netns, connect_marked};
 use crate::policy::AdmittedConnections;
 use crate::proxy::{Dialer, OutboundContext, Route};
 use crate::state::{StateHandle, Workload};
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, SecurityPolicy};
 
 /// Connects from inside a pod's netns, with the agent mark.
 pub struct NetnsDialer {
@@ -43,6 +43,9 @@ pub struct PodContext {
     pub round_robin: AtomicUsize,
     /// This pod's SPIFFE id.
     pub identity: String,
+    pub trust_domain: Arc<str>,
+    /// What the tunnel gives: mutual TLS, or nothing (benchmark setting).
+    pub security: SecurityPolicy,
     /// Inbound connections kept under policy review.
     pub admitted: AdmittedConnections,
     pub metrics: Arc<Metrics>,
@@ -67,6 +70,8 @@ impl OutboundContext for PodContext {
             &self.workload,
             original_dst,
             &self.round_robin,
+            &self.trust_domain,
+            self.security,
         )
     }
 

@@ -12,7 +12,7 @@ use mesh_common::{INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, TUNNEL_PORT};
 use tracing::{debug, info, warn};
 
 use super::pod_context::{NetnsDialer, OrigDstMap, PodContext};
-use super::resolve::{PoolKey, identity};
+use super::resolve::PoolKey;
 use crate::ebpf::{InboundEnrolment, KernelPrograms, PodEnrolment};
 use crate::netns::{Netns, bind_listener, netns_cookie};
 use crate::proxy::pod::PodConnections;
@@ -21,6 +21,7 @@ use crate::proxy::{
     run_outbound,
 };
 use crate::state::{StateHandle, Workload, WorkloadKey};
+use crate::telemetry::SecurityPolicy;
 
 const BACKLOG: i32 = 1024;
 
@@ -51,6 +52,8 @@ pub struct PodManager {
     orig_dst: OrigDstMap,
     pods: HashMap<WorkloadKey, EnrolledPod>,
     node_addrs: Vec<(Ipv4Addr, u8)>,
+    trust_domain: Arc<str>,
+    security: SecurityPolicy,
 }
 
 impl PodManager {
@@ -59,6 +62,7 @@ impl PodManager {
         programs: KernelPrograms,
         state: StateHandle,
         shared: Shared,
+        trust_domain: &str,
     ) -> Result<Self> {
         let orig_dst = Arc::new(programs.orig_dst_reader()?);
         let pool = Pool::new(
@@ -74,6 +78,8 @@ impl PodManager {
             orig_dst,
             pods: HashMap::new(),
             node_addrs: node_addresses(),
+            trust_domain: trust_domain.into(),
+            security: SecurityPolicy::None,
         })
     }
 
@@ -184,7 +190,9 @@ impl PodManager {
             orig_dst: self.orig_dst.clone(),
             node_addr,
             round_robin: Default::default(),
-            identity: identity(workload),
+            identity: workload.spiffe_id(&self.trust_domain),
+            trust_domain: self.trust_domain.clone(),
+            security: self.security,
             admitted: Default::default(),
             metrics: self.shared.metrics.clone(),
         });

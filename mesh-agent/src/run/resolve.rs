@@ -10,18 +10,10 @@ use mesh_common::TUNNEL_PORT;
 
 use crate::proxy::{OutboundTarget, Route};
 use crate::state::{Snapshot, Workload};
-use crate::telemetry::{ConnectionLabels, Reporter};
+use crate::telemetry::{ConnectionLabels, Reporter, SecurityPolicy};
 
 /// The tunnel pool's key: (source identity, destination identity, destination IP).
 pub type PoolKey = (String, String, std::net::IpAddr);
-
-/// The SPIFFE id of a workload in the default trust domain.
-pub fn identity(workload: &Workload) -> String {
-    format!(
-        "spiffe://cluster.local/ns/{}/sa/{}",
-        workload.key.namespace, workload.service_account
-    )
-}
 
 /// Istio's `*_workload` label: the `app` label when present, else the pod name.
 pub fn workload_label(workload: &Workload) -> String {
@@ -33,11 +25,15 @@ pub fn workload_label(workload: &Workload) -> String {
         .unwrap_or_else(|| workload.key.name.clone())
 }
 
+/// `trust_domain` names the SPIFFE ids; `security` is what the tunnel gives
+/// (mutual TLS, or nothing in the plaintext benchmark setting).
 pub fn resolve(
     snapshot: &Snapshot,
     source: &Workload,
     original: SocketAddr,
     round_robin: &AtomicUsize,
+    trust_domain: &str,
+    security: SecurityPolicy,
 ) -> Route<PoolKey> {
     let mut labels = ConnectionLabels {
         reporter: Reporter::Source,
@@ -70,12 +66,18 @@ pub fn resolve(
     let destination = snapshot.workload_by_ip(target.ip()).filter(|w| w.meshed);
     let target = match destination {
         Some(dst) => {
+            let (src_id, dst_id) = (source.spiffe_id(trust_domain), dst.spiffe_id(trust_domain));
             labels.destination_workload = workload_label(dst);
             labels.destination_workload_namespace = dst.key.namespace.clone();
+            labels.connection_security_policy = security;
+            if security == SecurityPolicy::MutualTls {
+                labels.source_principal = src_id.clone();
+                labels.destination_principal = dst_id.clone();
+            }
             OutboundTarget::Tunnel {
                 tunnel_addr: SocketAddr::new(target.ip(), TUNNEL_PORT),
                 target,
-                pool_key: (identity(source), identity(dst), target.ip()),
+                pool_key: (src_id, dst_id, target.ip()),
             }
         }
         None => OutboundTarget::Direct(target),

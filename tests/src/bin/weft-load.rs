@@ -12,6 +12,9 @@
 //! - `hold ADDR --conns N --secs S`: opens N connections, all at once open, each
 //!   echoing once, keeps them S seconds, echoes once more on each and prints how
 //!   many still work, then closes them.
+//! - `say ADDR TEXT`: one connection; sends TEXT and checks the echo matches.
+//! - `stream ADDR --secs S`: one connection echoing a line every 100 ms until
+//!   it is closed under us or S seconds pass; prints how it ended.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -27,6 +30,8 @@ fn main() {
         Some("bulk") => bulk(&args),
         Some("ping") => ping(&args),
         Some("hold") => hold(&args),
+        Some("say") => say(&args),
+        Some("stream") => stream(&args),
         _ => Err("usage: weft-load echo|sink PORT | rr|connect|bulk ADDR [options]".into()),
     };
     if let Err(e) = result {
@@ -100,6 +105,60 @@ fn ping(args: &[String]) -> Result<()> {
         .map_err(|e| format!("read the echo: {e}"))?;
     let seen_as = String::from_utf8_lossy(&buf[..n]).trim().to_string();
     println!("{{\"peer\":\"{peer}\",\"seen_as\":\"{seen_as}\"}}");
+    Ok(())
+}
+
+fn say(args: &[String]) -> Result<()> {
+    let mut stream = connect(positional(args)?)?;
+    let text = args.get(2).ok_or("missing TEXT")?;
+    stream
+        .write_all(text.as_bytes())
+        .map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    let mut echo = vec![0u8; text.len()];
+    stream
+        .read_exact(&mut echo)
+        .map_err(|e| format!("read the echo: {e}"))?;
+    if echo != text.as_bytes() {
+        return Err(format!(
+            "echo differs: {:?}",
+            String::from_utf8_lossy(&echo)
+        ));
+    }
+    println!("{{\"echoed\":{}}}", text.len());
+    Ok(())
+}
+
+fn stream(args: &[String]) -> Result<()> {
+    let mut stream = connect(positional(args)?)?;
+    let secs = flag(args, "--secs", 30)?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    let mut echoes = 0u64;
+    let ended = loop {
+        if start.elapsed() >= Duration::from_secs(secs) {
+            break "timeout";
+        }
+        let mut line = [0u8; 5];
+        let ok = stream.write_all(b"tick\n").is_ok() && stream.read_exact(&mut line).is_ok();
+        if !ok {
+            break "closed";
+        }
+        echoes += 1;
+        // Announced once, so a test knows the connection is up.
+        if echoes == 1 {
+            println!("{{\"up\":true}}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    println!(
+        "{{\"ended\":\"{ended}\",\"echoes\":{echoes},\"after_ms\":{}}}",
+        start.elapsed().as_millis()
+    );
     Ok(())
 }
 
