@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
@@ -142,6 +143,48 @@ impl MeshLab {
             );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The state generation the agent of `node` serves (`mesh-agent status`).
+    pub fn generation(&self, node: &str) -> Result<u64> {
+        let out = self.agent_cli(node, &["status", "-o", "json"])?;
+        if !out.status.success() {
+            bail!(
+                "mesh-agent status on {node}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        status["generation"]
+            .as_u64()
+            .with_context(|| format!("no generation in {status}"))
+    }
+
+    /// Waits until every agent serves at least generation `wanted`.
+    pub fn wait_for_generation(&self, wanted: u64, within: Duration) -> Result<Duration> {
+        let start = Instant::now();
+        for agent in &self.agents {
+            loop {
+                if self.generation(&agent.node)? >= wanted {
+                    break;
+                }
+                if start.elapsed() > within {
+                    bail!(
+                        "{}: generation {wanted} not reached within {within:?}",
+                        agent.node
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(start.elapsed())
+    }
+
+    /// Saves the edited config and waits until every agent has applied it.
+    pub fn apply_config(&self) -> Result<Duration> {
+        let before = self.generation(&self.agents.first().context("no agent")?.node)?;
+        self.config.save()?;
+        self.wait_for_generation(before + 1, Duration::from_secs(5))
     }
 
     /// Runs `mesh-agent ARGS` in `node`'s netns (to reach its admin API).

@@ -83,6 +83,23 @@ impl LabConfig {
         self.docs.push(doc);
     }
 
+    /// Adds the resources of a YAML text (one or more documents).
+    pub fn add_yaml(&mut self, text: &str) -> Result<()> {
+        let docs = YamlLoader::load_from_str(text).context("parse the YAML to add")?;
+        self.docs.extend(docs);
+        Ok(())
+    }
+
+    /// Removes every resource of `kind` in `namespace`; returns how many.
+    pub fn remove_all(&mut self, kind: &str, namespace: &str) -> usize {
+        let before = self.docs.len();
+        self.docs.retain(|d| {
+            !(d["kind"].as_str() == Some(kind)
+                && d["metadata"]["namespace"].as_str() == Some(namespace))
+        });
+        before - self.docs.len()
+    }
+
     /// The `containerPort`s of every Pod, by pod name.
     pub fn container_ports(&self) -> Vec<(String, Vec<u16>)> {
         self.docs

@@ -2,46 +2,21 @@
 //! force within a second; an invalid one changes nothing, is logged with the
 //! resource and field, and counted in `weft_config_errors_total`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use lab::{MeshLab, metric_sum};
-
-fn generation(mesh: &MeshLab) -> Result<u64> {
-    let out = mesh.agent_cli("node-a", &["status", "-o", "json"])?;
-    if !out.status.success() {
-        bail!(
-            "mesh-agent status: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    status["generation"]
-        .as_u64()
-        .ok_or_else(|| anyhow::anyhow!("no generation in {status}"))
-}
-
-fn wait_for_generation(mesh: &MeshLab, wanted: u64, within: Duration) -> Result<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < within {
-        if generation(mesh)? >= wanted {
-            return Ok(start.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    bail!("generation {wanted} not reached within {within:?}")
-}
 
 #[test]
 fn valid_edits_apply_within_a_second_and_invalid_ones_change_nothing() -> Result<()> {
     let mut mesh = MeshLab::start()?;
-    let first = generation(&mesh)?;
+    let first = mesh.generation("node-a")?;
 
     // A valid edit: a new label on a pod.
     mesh.config
         .set_label("Pod", "shop", "frontend-7d9f-a", "tier", Some("web"))?;
     mesh.config.save()?;
-    let took = wait_for_generation(&mesh, first + 1, Duration::from_secs(1))?;
+    let took = mesh.wait_for_generation(first + 1, Duration::from_secs(1))?;
     eprintln!("valid edit in force after {took:?}");
 
     // An invalid edit: an opt-out label with a value Weft does not know.
@@ -58,7 +33,7 @@ fn valid_edits_apply_within_a_second_and_invalid_ones_change_nothing() -> Result
         .wait_for_log("Pod shop/frontend-7d9f-a", from, Duration::from_secs(3))?;
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
-        generation(&mesh)?,
+        mesh.generation("node-a")?,
         first + 1,
         "the invalid edit changed nothing"
     );
