@@ -16,7 +16,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the agent: load the kernel programs, capture meshed pods, proxy their traffic.
-    Run(mesh_agent::run::RunArgs),
+    Run(Box<mesh_agent::run::RunArgs>),
     /// Check every kernel prerequisite and print a pass/fail table.
     Check {
         #[arg(short, long, value_enum, default_value_t)]
@@ -41,7 +41,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
-        Command::Run(args) => mesh_agent::run::main(args).map(|()| ExitCode::SUCCESS),
+        Command::Run(args) => mesh_agent::run::main(*args).map(|()| ExitCode::SUCCESS),
         Command::Check { output, bpffs_dir } => mesh_agent::check::main(output, &bpffs_dir),
         Command::Status(args) => Ok(mesh_agent::cli::status::run(args)),
         Command::Config { command } => Ok(mesh_agent::cli::config_cmd::run(command)),

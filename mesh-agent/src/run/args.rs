@@ -50,6 +50,11 @@ pub struct RunArgs {
     /// between nodes in the clear. Never in production.
     #[arg(long, hide = true)]
     pub insecure_plaintext_tunnel: bool,
+    /// Streams a tunnel connection carries over its life before the pool dials
+    /// a new one (default: no limit; 1 makes every stream a new TLS connection,
+    /// which the benchmark uses to measure handshakes).
+    #[arg(long, hide = true)]
+    pub tunnel_max_connection_streams: Option<u64>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -11,6 +11,7 @@ mod resolve;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tracing::{error, info};
@@ -73,7 +74,7 @@ async fn run(args: RunArgs) -> Result<()> {
 
     let shared = Shared {
         metrics: metrics.clone(),
-        config: Arc::new(ProxyConfig::default()),
+        config: Arc::new(proxy_config(&args)),
     };
     let pods = PodManager::new(
         args.node.clone(),
@@ -92,6 +93,16 @@ async fn run(args: RunArgs) -> Result<()> {
         "agent stopped; kernel programs stay pinned so pods stay captured (fail closed) until it restarts"
     );
     Ok(())
+}
+
+fn proxy_config(args: &RunArgs) -> ProxyConfig {
+    let mut config = ProxyConfig::default();
+    // A tunnel connection is re-made once its certificates are half way to
+    // expiry, so no connection outlives the identity it was authenticated with.
+    let age = config.tunnel.max_connection_age.unwrap_or(Duration::MAX);
+    config.tunnel.max_connection_age = Some(age.min(args.cert_lifetime / 2));
+    config.tunnel.max_connection_streams = args.tunnel_max_connection_streams;
+    config
 }
 
 /// Every proxied connection costs the agent two descriptors (more through the

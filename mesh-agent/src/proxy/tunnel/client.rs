@@ -5,12 +5,13 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use h2::client::SendRequest;
 use http::{Method, Request, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Notify;
 use tracing::debug;
 
 use super::keepalive::keepalive;
@@ -28,24 +29,52 @@ pub(crate) struct ConnState {
     /// Bumped on every reservation; the idle check compares it across ticks.
     uses: AtomicU64,
     max_streams: usize,
+    /// No new stream after this instant (`TunnelConfig::max_connection_age`).
+    retire_at: Option<Instant>,
+    /// No new stream once `uses` reaches this (`max_connection_streams`).
+    max_uses: Option<u64>,
+    /// Woken when a closed connection's last stream ends, so it can go.
+    drained: Notify,
 }
 
 impl ConnState {
     fn try_reserve(self: &Arc<Self>) -> Option<StreamSlot> {
+        if self.retire_at.is_some_and(|at| Instant::now() >= at) {
+            self.mark_closed();
+            return None;
+        }
         let max = self.max_streams;
         self.active
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n & CLOSED == 0 && n < max).then_some(n + 1)
             })
             .ok()?;
-        self.uses.fetch_add(1, Ordering::Relaxed);
+        let uses = self.uses.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.max_uses.is_some_and(|max| uses >= max) {
+            // This stream is its last: close to new ones now, so the pool
+            // dials the next connection without trying this one first.
+            self.active.fetch_or(CLOSED, Ordering::AcqRel);
+        }
         Some(StreamSlot {
             conn: Arc::clone(self),
         })
     }
 
     fn mark_closed(&self) {
-        self.active.fetch_or(CLOSED, Ordering::AcqRel);
+        if self.active.fetch_or(CLOSED, Ordering::AcqRel) == 0 {
+            self.drained.notify_one();
+        }
+    }
+
+    /// Completes once the connection is closed to new streams and has none.
+    async fn drained(&self) {
+        loop {
+            let notified = self.drained.notified();
+            if self.active.load(Ordering::Acquire) == CLOSED {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Closes only if no stream is open; true when it did.
@@ -73,7 +102,9 @@ pub(crate) struct StreamSlot {
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
-        self.conn.active.fetch_sub(1, Ordering::AcqRel);
+        if self.conn.active.fetch_sub(1, Ordering::AcqRel) == CLOSED + 1 {
+            self.conn.drained.notify_one();
+        }
     }
 }
 
@@ -111,6 +142,9 @@ impl TunnelClient {
             active: AtomicUsize::new(0),
             uses: AtomicU64::new(0),
             max_streams: config.max_streams_per_connection.max(1),
+            retire_at: config.max_connection_age.map(|age| Instant::now() + age),
+            max_uses: config.max_connection_streams.map(|n| n.max(1)),
+            drained: Notify::new(),
         });
         let driver_state = Arc::clone(&state);
         let idle = config.pool_idle_timeout;
@@ -126,6 +160,7 @@ impl TunnelClient {
                     Err(e) => debug!(error = %e, "tunnel connection ended"),
                 },
                 () = idle_watch(&driver_state, idle) => debug!("closing idle tunnel connection"),
+                () = driver_state.drained() => debug!("closing a retired tunnel connection"),
                 () = ping => {}
             }
             driver_state.mark_closed();

@@ -39,6 +39,13 @@ pub struct TunnelConfig {
     pub max_streams_per_connection: usize,
     /// A pooled connection with no stream for this long is closed (within 2×).
     pub pool_idle_timeout: Duration,
+    /// A client connection older than this takes no new stream, and closes
+    /// once its streams are done: it was authenticated with certificates that
+    /// have since been renewed, so it must not live on for ever.
+    pub max_connection_age: Option<Duration>,
+    /// A client connection that has carried this many streams takes no more
+    /// (`None`: no limit; 1 means a new connection per stream).
+    pub max_connection_streams: Option<u64>,
     /// Bound on dial + handshake, and on waiting for a CONNECT response.
     pub connect_timeout: Duration,
     /// Send an HTTP/2 PING this often on every tunnel connection (`None`: off)…
@@ -57,6 +64,8 @@ impl Default for TunnelConfig {
             max_concurrent_streams: 200,
             max_streams_per_connection: 100,
             pool_idle_timeout: Duration::from_secs(5 * 60),
+            max_connection_age: Some(Duration::from_secs(60 * 60)),
+            max_connection_streams: None,
             connect_timeout: Duration::from_secs(10),
             keepalive_interval: Some(Duration::from_secs(10)),
             keepalive_timeout: Duration::from_secs(20),

@@ -408,3 +408,57 @@ async fn keepalive_closes_a_connection_to_a_silent_peer() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn retired_connections_finish_their_streams_then_close() {
+    let echo = echo_server().await;
+    let config = TunnelConfig {
+        max_connection_streams: Some(1),
+        ..TunnelConfig::default()
+    };
+    let server = tunnel_server(config.clone()).await;
+    let (pool, dialer) = pool_to(server.addr, config);
+    let first = within(pool.connect(&"a", echo, || dialer.dial()))
+        .await
+        .unwrap();
+    // The first connection carried its one stream: the next needs another.
+    let second = within(pool.connect(&"a", echo, || dialer.dial()))
+        .await
+        .unwrap();
+    assert_eq!(dialer.dials.load(Ordering::SeqCst), 2);
+    // A retired connection's open stream still works…
+    assert_eq!(within(roundtrip(first, b"old")).await, b"old");
+    assert_eq!(within(roundtrip(second, b"new")).await, b"new");
+    // …and once its streams are done, it closes on both ends.
+    within(async {
+        while pool.connection_count() > 0 || server.open.load(Ordering::SeqCst) > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn connections_retire_at_their_age() {
+    let echo = echo_server().await;
+    let config = TunnelConfig {
+        max_connection_age: Some(Duration::from_millis(200)),
+        ..TunnelConfig::default()
+    };
+    let server = tunnel_server(config.clone()).await;
+    let (pool, dialer) = pool_to(server.addr, config);
+    let s = within(pool.connect(&"a", echo, || dialer.dial()))
+        .await
+        .unwrap();
+    assert_eq!(within(roundtrip(s, b"young")).await, b"young");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let s = within(pool.connect(&"a", echo, || dialer.dial()))
+        .await
+        .unwrap();
+    assert_eq!(
+        dialer.dials.load(Ordering::SeqCst),
+        2,
+        "an old connection is not reused"
+    );
+    assert_eq!(within(roundtrip(s, b"renewed")).await, b"renewed");
+}
