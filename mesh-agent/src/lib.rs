@@ -6,6 +6,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod ebpf;
+pub mod identity;
 pub mod netns;
 pub mod policy;
 pub mod proxy;

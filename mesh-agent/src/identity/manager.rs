@@ -1,0 +1,297 @@
+//! The certificates of this node's workloads: one per identity of an enrolled
+//! pod, issued when the first such pod enrols, dropped with the last, renewed
+//! at half life (with jitter) by a background task. A renewal that fails is
+//! retried and reported at once, that is half a lifetime before expiry.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use anyhow::Result;
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+use rustls::crypto::CryptoProvider;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::tls::{client_config, provider, root_store, server_config};
+use super::{CertificateAuthority, IssuedCert, SpiffeId};
+
+#[derive(Clone, Debug)]
+pub struct CertConfig {
+    pub lifetime: Duration,
+    /// Renewal happens at half life, moved by up to this fraction of the
+    /// lifetime either way, so a node's certificates do not all renew at once.
+    pub jitter: f64,
+}
+
+impl Default for CertConfig {
+    fn default() -> Self {
+        Self {
+            lifetime: Duration::from_secs(24 * 3600),
+            jitter: 0.05,
+        }
+    }
+}
+
+/// One identity's current certificate, ready for handshakes.
+pub struct Credential {
+    pub cert: IssuedCert,
+    pub server: Arc<ServerConfig>,
+    renew_at: SystemTime,
+}
+
+struct Slot {
+    current: Arc<Credential>,
+    /// The last renewal error, until a renewal succeeds.
+    failing: Option<String>,
+    retry_at: SystemTime,
+}
+
+/// What `/certs` and `mesh-agent certs` show for one identity.
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
+pub struct CertStatus {
+    pub identity: String,
+    pub serial: String,
+    /// Unix seconds.
+    pub not_before: u64,
+    pub not_after: u64,
+    pub renew_at: u64,
+    /// Negative once renewal is overdue (failing).
+    pub seconds_to_renewal: i64,
+    pub renewal_error: Option<String>,
+}
+
+pub struct CertManager {
+    ca: Arc<dyn CertificateAuthority>,
+    config: CertConfig,
+    roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
+    slots: Mutex<HashMap<SpiffeId, Slot>>,
+    expiry: IntGaugeVec,
+    renewals: IntCounterVec,
+}
+
+impl CertManager {
+    pub fn new(
+        ca: Arc<dyn CertificateAuthority>,
+        config: CertConfig,
+        registry: &Registry,
+    ) -> Result<Arc<Self>> {
+        let roots = root_store(&ca.roots())?;
+        let expiry = IntGaugeVec::new(
+            Opts::new(
+                "weft_certificate_expiry_timestamp_seconds",
+                "When each workload certificate this agent holds expires (unix seconds)",
+            ),
+            &["identity"],
+        )?;
+        registry.register(Box::new(expiry.clone()))?;
+        let renewals = IntCounterVec::new(
+            Opts::new(
+                "weft_certificate_renewals_total",
+                "Workload certificate renewals, by result",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(renewals.clone()))?;
+        for result in ["success", "failure"] {
+            renewals.with_label_values(&[result]);
+        }
+        Ok(Arc::new(Self {
+            ca,
+            config,
+            roots,
+            provider: provider(),
+            slots: Mutex::new(HashMap::new()),
+            expiry,
+            renewals,
+        }))
+    }
+
+    /// Holds certificates for exactly `ids`: issues the missing ones now (the
+    /// pods about to enrol need them), drops the others. Returns the ids that
+    /// could not be issued, with why.
+    pub fn set_wanted(&self, ids: impl IntoIterator<Item = SpiffeId>) -> Vec<(SpiffeId, String)> {
+        let wanted: HashSet<SpiffeId> = ids.into_iter().collect();
+        let missing: Vec<SpiffeId> = {
+            let mut slots = self.lock();
+            slots.retain(|id, _| {
+                let keep = wanted.contains(id);
+                if !keep {
+                    let _ = self.expiry.remove_label_values(&[&id.to_string()]);
+                }
+                keep
+            });
+            wanted
+                .iter()
+                .filter(|id| !slots.contains_key(*id))
+                .cloned()
+                .collect()
+        };
+        let mut failed = Vec::new();
+        for id in missing {
+            match self.issue(&id) {
+                Ok(credential) => {
+                    info!(identity = %id, serial = %credential.cert.serial, "workload certificate issued");
+                    self.install(&id, credential);
+                }
+                Err(e) => failed.push((id, format!("{e:#}"))),
+            }
+        }
+        failed
+    }
+
+    /// The server side for the pod of identity `id`, with its current certificate.
+    pub fn server_config(&self, id: &SpiffeId) -> Option<Arc<ServerConfig>> {
+        self.lock().get(id).map(|s| s.current.server.clone())
+    }
+
+    /// The client side from `source` to a server that must prove `expected`.
+    pub fn client_config(
+        &self,
+        source: &SpiffeId,
+        expected: &SpiffeId,
+    ) -> io::Result<Arc<ClientConfig>> {
+        let credential = self
+            .credential(source)
+            .ok_or_else(|| io::Error::other(format!("no certificate held for {source}")))?;
+        client_config(
+            &credential.cert,
+            self.roots.clone(),
+            expected,
+            self.provider.clone(),
+        )
+    }
+
+    pub fn credential(&self, id: &SpiffeId) -> Option<Arc<Credential>> {
+        self.lock().get(id).map(|s| s.current.clone())
+    }
+
+    pub fn list(&self) -> Vec<CertStatus> {
+        let now = SystemTime::now();
+        let mut list: Vec<CertStatus> = self
+            .lock()
+            .values()
+            .map(|slot| {
+                let c = &slot.current;
+                CertStatus {
+                    identity: c.cert.identity.to_string(),
+                    serial: c.cert.serial.clone(),
+                    not_before: unix(c.cert.not_before),
+                    not_after: unix(c.cert.not_after),
+                    renew_at: unix(c.renew_at),
+                    seconds_to_renewal: signed_secs(now, c.renew_at),
+                    renewal_error: slot.failing.clone(),
+                }
+            })
+            .collect();
+        list.sort_by(|a, b| a.identity.cmp(&b.identity));
+        list
+    }
+
+    /// Renews due certificates until `shutdown`; checks at a tenth of the
+    /// lifetime, at most every second.
+    pub async fn run_renewals(self: Arc<Self>, shutdown: CancellationToken) {
+        let tick = (self.config.lifetime / 10).min(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(tick) => self.renew_due(SystemTime::now()),
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    fn renew_due(&self, now: SystemTime) {
+        let due: Vec<SpiffeId> = self
+            .lock()
+            .iter()
+            .filter(|(_, s)| now >= s.current.renew_at && now >= s.retry_at)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            match self.issue(&id) {
+                Ok(credential) => {
+                    self.renewals.with_label_values(&["success"]).inc();
+                    if !self.lock().contains_key(&id) {
+                        continue; // its last pod left meanwhile
+                    }
+                    info!(identity = %id, serial = %credential.cert.serial, "workload certificate renewed");
+                    self.install(&id, credential);
+                }
+                Err(e) => {
+                    self.renewals.with_label_values(&["failure"]).inc();
+                    let mut slots = self.lock();
+                    let Some(slot) = slots.get_mut(&id) else {
+                        continue;
+                    };
+                    let left = slot
+                        .current
+                        .cert
+                        .not_after
+                        .duration_since(now)
+                        .unwrap_or_default();
+                    warn!(identity = %id, error = %format!("{e:#}"), expires_in = ?left, "workload certificate renewal failed; the current one stays in use until it expires");
+                    slot.failing = Some(format!("{e:#}"));
+                    // Retry soon, but not in a tight loop.
+                    slot.retry_at =
+                        now + (self.config.lifetime / 20).max(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+
+    fn issue(&self, id: &SpiffeId) -> Result<Arc<Credential>> {
+        let issued_at = SystemTime::now();
+        let cert = self.ca.issue(id, self.config.lifetime)?;
+        let server = server_config(&cert, self.roots.clone(), self.provider.clone())?;
+        // Half of what is left, not of the (backdated) validity.
+        let left = cert.not_after.duration_since(issued_at).unwrap_or_default();
+        let renew_at = issued_at + jittered_half(left, self.config.jitter);
+        Ok(Arc::new(Credential {
+            cert,
+            server,
+            renew_at,
+        }))
+    }
+
+    fn install(&self, id: &SpiffeId, credential: Arc<Credential>) {
+        self.expiry
+            .with_label_values(&[&id.to_string()])
+            .set(unix(credential.cert.not_after) as i64);
+        self.lock().insert(
+            id.clone(),
+            Slot {
+                current: credential,
+                failing: None,
+                retry_at: SystemTime::UNIX_EPOCH,
+            },
+        );
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SpiffeId, Slot>> {
+        // Each critical section is a few map operations; a panic cannot tear it.
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Half of `lifetime`, moved by a random amount within ±`jitter` of it.
+fn jittered_half(lifetime: Duration, jitter: f64) -> Duration {
+    let spread = (rand::random::<f64>() * 2.0 - 1.0) * jitter.clamp(0.0, 0.4);
+    lifetime.mul_f64(0.5 + spread)
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn signed_secs(now: SystemTime, at: SystemTime) -> i64 {
+    match at.duration_since(now) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64),
+    }
+}
