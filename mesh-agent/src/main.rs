@@ -32,6 +32,13 @@ enum Command {
         #[command(subcommand)]
         command: mesh_agent::cli::config_cmd::ConfigCommand,
     },
+    /// List the workload certificates a running agent holds, with their renewal.
+    Certs(mesh_agent::cli::certs::CertsArgs),
+    /// Certificate authority: `ca init DIR` creates a local root.
+    Ca {
+        #[command(subcommand)]
+        command: mesh_agent::cli::certs::CaCommand,
+    },
     /// Detach and remove everything an agent pinned (uninstall); pods stop being captured.
     Reset {
         #[arg(long, default_value = mesh_agent::run::DEFAULT_BPFFS_DIR)]
@@ -45,6 +52,8 @@ fn main() -> ExitCode {
         Command::Check { output, bpffs_dir } => mesh_agent::check::main(output, &bpffs_dir),
         Command::Status(args) => Ok(mesh_agent::cli::status::run(args)),
         Command::Config { command } => Ok(mesh_agent::cli::config_cmd::run(command)),
+        Command::Certs(args) => Ok(mesh_agent::cli::certs::run(args)),
+        Command::Ca { command } => Ok(mesh_agent::cli::certs::ca(command)),
         Command::Reset { bpffs_dir } => {
             mesh_agent::ebpf::remove_pins(&mesh_agent::ebpf::PinLayout::new(bpffs_dir))
                 .map(|()| ExitCode::SUCCESS)

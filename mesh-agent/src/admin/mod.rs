@@ -1,5 +1,5 @@
 //! The admin HTTP server (DESIGN §3, `127.0.0.1:15000`): `/ready`, `/config_dump`,
-//! `/workloads`. Built on hyper 1 with a small [`Router`] rather than axum: three
+//! `/workloads`, `/certs`. Built on hyper 1 with a small [`Router`] rather than axum: three
 //! read-only JSON endpoints do not need tower's middleware stack, and the proxy
 //! already depends on hyper.
 
@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 
 pub use router::{Body, HandlerFuture, Router, json, text};
 
+use crate::identity::CertManager;
 use crate::state::StateHandle;
 
 /// Header carrying the snapshot generation on state endpoints.
@@ -52,6 +53,15 @@ pub fn router(handle: StateHandle, ready: Arc<AtomicBool>) -> Router {
                 with_generation(json(&list), snapshot.generation)
             }
         })
+}
+
+/// Adds `/certs`: the workload certificates the agent holds (empty when the
+/// tunnel runs without TLS).
+pub fn with_certs(router: Router, certs: Option<Arc<CertManager>>) -> Router {
+    router.get("/certs", move |_| {
+        let list = certs.as_ref().map(|c| c.list()).unwrap_or_default();
+        async move { json(&list) }
+    })
 }
 
 fn with_generation(mut r: hyper::Response<Body>, generation: u64) -> hyper::Response<Body> {

@@ -2,6 +2,7 @@
 
 use clap::ValueEnum;
 
+pub mod certs;
 pub mod config_cmd;
 pub mod status;
 

@@ -7,10 +7,13 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 
 use tokio::net::TcpStream;
+use tokio_rustls::server;
+use tokio_util::either::Either;
 use tracing::{info, warn};
 
 use super::pod_context::{NetnsDialer, PodContext};
 use super::resolve::workload_label;
+use crate::identity::tls;
 use crate::policy::{self, AdmissionGuard, ConnectionAttrs, Decision};
 use crate::proxy::InboundContext;
 use crate::proxy::tunnel::Refusal;
@@ -70,7 +73,7 @@ impl PodContext {
             destination_workload: workload_label(&self.workload),
             destination_workload_namespace: self.workload.key.namespace.clone(),
             destination_principal: if principal.is_some() {
-                self.identity.clone()
+                self.identity.to_string()
             } else {
                 String::new()
             },
@@ -116,7 +119,7 @@ fn log_audits(workload: &Workload, attrs: &ConnectionAttrs, decision: &Decision)
 
 impl InboundContext for PodContext {
     type Dialer = NetnsDialer;
-    type TunnelIo = TcpStream;
+    type TunnelIo = Either<TcpStream, server::TlsStream<TcpStream>>;
     type Peer = TunnelPeer;
 
     fn dialer(&self) -> &NetnsDialer {
@@ -127,14 +130,24 @@ impl InboundContext for PodContext {
         &self,
         stream: TcpStream,
         peer: SocketAddr,
-    ) -> io::Result<(TcpStream, TunnelPeer)> {
-        Ok((
-            stream,
-            TunnelPeer {
+    ) -> io::Result<(Self::TunnelIo, TunnelPeer)> {
+        let _ = stream.set_nodelay(true);
+        let Some(certs) = &self.certs else {
+            let peer = TunnelPeer {
                 addr: peer,
                 identity: None,
-            },
-        ))
+            };
+            return Ok((Either::Left(stream), peer));
+        };
+        let config = certs.server_config(&self.identity).ok_or_else(|| {
+            io::Error::other(format!("no certificate held for {}", self.identity))
+        })?;
+        let (tls, id) = tls::accept(stream, config).await?;
+        let peer = TunnelPeer {
+            addr: peer,
+            identity: Some(id.to_string()),
+        };
+        Ok((Either::Right(tls), peer))
     }
 
     fn authorize(

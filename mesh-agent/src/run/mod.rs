@@ -14,12 +14,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use tracing::{error, info};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
 
 pub use args::{DEFAULT_BPFFS_DIR, RunArgs};
 use pods::PodManager;
 
 use crate::ebpf::{KernelPrograms, LoadOptions, forward_kernel_logs};
+use crate::identity::{CertConfig, CertManager, LocalCa};
 use crate::proxy::{ProxyConfig, Shared};
 use crate::state::StateHandle;
 use crate::{admin, config, telemetry};
@@ -55,9 +57,12 @@ async fn run(args: RunArgs) -> Result<()> {
     let admin_listener = tokio::net::TcpListener::bind(args.admin_addr)
         .await
         .with_context(|| format!("bind the admin server on {}", args.admin_addr))?;
+    let certs = certificates(&args, &metrics)?;
+    let admin_router =
+        admin::with_certs(admin::router(state.clone(), ready.clone()), certs.clone());
     tokio::spawn(log_exit(
         "admin server",
-        admin::serve(admin_listener, state.clone(), ready.clone()),
+        admin::serve_router(admin_listener, admin_router),
     ));
     let metrics_listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
@@ -82,6 +87,7 @@ async fn run(args: RunArgs) -> Result<()> {
         state.clone(),
         shared,
         &args.trust_domain,
+        certs,
     )?;
     let pods_task = tokio::spawn(pods.run_until_shutdown(shutdown_signal()));
 
@@ -93,6 +99,24 @@ async fn run(args: RunArgs) -> Result<()> {
         "agent stopped; kernel programs stay pinned so pods stay captured (fail closed) until it restarts"
     );
     Ok(())
+}
+
+/// The certificate manager over the local CA, with its renewal task running;
+/// `None` when the tunnel is to run without TLS.
+fn certificates(args: &RunArgs, metrics: &telemetry::Metrics) -> Result<Option<Arc<CertManager>>> {
+    if args.insecure_plaintext_tunnel {
+        warn!("--insecure-plaintext-tunnel: meshed traffic crosses between nodes in the clear");
+        return Ok(None);
+    }
+    let ca = LocalCa::load(&args.ca_dir)?;
+    let config = CertConfig {
+        lifetime: args.cert_lifetime,
+        ..CertConfig::default()
+    };
+    let certs = CertManager::new(Arc::new(ca), config, metrics.registry())?;
+    tokio::spawn(certs.clone().run_renewals(CancellationToken::new()));
+    info!(ca = %args.ca_dir.display(), lifetime = ?args.cert_lifetime, "local CA loaded");
+    Ok(Some(certs))
 }
 
 fn proxy_config(args: &RunArgs) -> ProxyConfig {

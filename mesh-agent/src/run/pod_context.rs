@@ -10,9 +10,12 @@ use std::sync::atomic::AtomicUsize;
 use aya::maps::{HashMap, MapData};
 use mesh_common::{OrigDst, PortKey};
 use tokio::net::TcpStream;
+use tokio_rustls::client;
+use tokio_util::either::Either;
 
 use super::resolve::{PoolKey, resolve};
 use crate::ebpf::orig_dst_to_socket_addr;
+use crate::identity::{CertManager, SpiffeId, tls};
 use crate::netns::{Netns, connect_marked};
 use crate::policy::AdmittedConnections;
 use crate::proxy::{Dialer, OutboundContext, Route};
@@ -42,7 +45,10 @@ pub struct PodContext {
     pub node_addr: Option<IpAddr>,
     pub round_robin: AtomicUsize,
     /// This pod's SPIFFE id.
-    pub identity: String,
+    pub identity: SpiffeId,
+    /// Certificates for the mutual-TLS tunnel; `None` only in the plaintext
+    /// benchmark setting.
+    pub certs: Option<Arc<CertManager>>,
     pub trust_domain: Arc<str>,
     /// What the tunnel gives: mutual TLS, or nothing (benchmark setting).
     pub security: SecurityPolicy,
@@ -54,7 +60,7 @@ pub struct PodContext {
 impl OutboundContext for PodContext {
     type PoolKey = PoolKey;
     type Dialer = NetnsDialer;
-    type TunnelIo = TcpStream;
+    type TunnelIo = Either<TcpStream, client::TlsStream<TcpStream>>;
 
     fn original_destination(&self, peer: SocketAddr) -> Option<SocketAddr> {
         let orig = self
@@ -82,9 +88,16 @@ impl OutboundContext for PodContext {
     async fn connect_tunnel(
         &self,
         tunnel_addr: SocketAddr,
-        _key: &PoolKey,
-    ) -> io::Result<TcpStream> {
+        key: &PoolKey,
+    ) -> io::Result<Self::TunnelIo> {
         // The tunnel leaves from the source pod's netns, with the pod's own IP.
-        connect_marked(&self.dialer.netns, tunnel_addr).await
+        let tcp = connect_marked(&self.dialer.netns, tunnel_addr).await?;
+        let _ = tcp.set_nodelay(true);
+        let Some(certs) = &self.certs else {
+            return Ok(Either::Left(tcp));
+        };
+        let (source, expected, _) = key;
+        let config = certs.client_config(source, expected)?;
+        Ok(Either::Right(tls::connect(tcp, config).await?))
     }
 }

@@ -14,6 +14,7 @@ use tracing::{debug, info, warn};
 use super::pod_context::{NetnsDialer, OrigDstMap, PodContext};
 use super::resolve::PoolKey;
 use crate::ebpf::{InboundEnrolment, KernelPrograms, PodEnrolment};
+use crate::identity::{CertManager, SpiffeId};
 use crate::netns::{Netns, bind_listener, netns_cookie};
 use crate::proxy::pod::PodConnections;
 use crate::proxy::{
@@ -54,6 +55,7 @@ pub struct PodManager {
     node_addrs: Vec<(Ipv4Addr, u8)>,
     trust_domain: Arc<str>,
     security: SecurityPolicy,
+    certs: Option<Arc<CertManager>>,
 }
 
 impl PodManager {
@@ -63,6 +65,7 @@ impl PodManager {
         state: StateHandle,
         shared: Shared,
         trust_domain: &str,
+        certs: Option<Arc<CertManager>>,
     ) -> Result<Self> {
         let orig_dst = Arc::new(programs.orig_dst_reader()?);
         let pool = Pool::new(
@@ -79,7 +82,12 @@ impl PodManager {
             pods: HashMap::new(),
             node_addrs: node_addresses(),
             trust_domain: trust_domain.into(),
-            security: SecurityPolicy::None,
+            security: if certs.is_some() {
+                SecurityPolicy::MutualTls
+            } else {
+                SecurityPolicy::None
+            },
+            certs,
         })
     }
 
@@ -122,6 +130,15 @@ impl PodManager {
 
     fn reconcile(&mut self) {
         let desired = self.desired();
+        if let Some(certs) = &self.certs {
+            // Certificates only for the identities of pods enrolled here.
+            let ids = desired.values().map(|w| {
+                SpiffeId::for_workload(&self.trust_domain, &w.key.namespace, &w.service_account)
+            });
+            for (id, error) in certs.set_wanted(ids) {
+                warn!(identity = %id, %error, "cannot issue a workload certificate; its pods cannot accept tunnel connections");
+            }
+        }
         let stale: Vec<WorkloadKey> = self
             .pods
             .iter()
@@ -190,7 +207,12 @@ impl PodManager {
             orig_dst: self.orig_dst.clone(),
             node_addr,
             round_robin: Default::default(),
-            identity: workload.spiffe_id(&self.trust_domain),
+            identity: SpiffeId::for_workload(
+                &self.trust_domain,
+                &workload.key.namespace,
+                &workload.service_account,
+            ),
+            certs: self.certs.clone(),
             trust_domain: self.trust_domain.clone(),
             security: self.security,
             admitted: Default::default(),

@@ -8,12 +8,21 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use mesh_common::TUNNEL_PORT;
 
+use crate::identity::SpiffeId;
 use crate::proxy::{OutboundTarget, Route};
 use crate::state::{Snapshot, Workload};
 use crate::telemetry::{ConnectionLabels, Reporter, SecurityPolicy};
 
 /// The tunnel pool's key: (source identity, destination identity, destination IP).
-pub type PoolKey = (String, String, std::net::IpAddr);
+pub type PoolKey = (SpiffeId, SpiffeId, std::net::IpAddr);
+
+fn spiffe_id(workload: &Workload, trust_domain: &str) -> SpiffeId {
+    SpiffeId::for_workload(
+        trust_domain,
+        &workload.key.namespace,
+        &workload.service_account,
+    )
+}
 
 /// Istio's `*_workload` label: the `app` label when present, else the pod name.
 pub fn workload_label(workload: &Workload) -> String {
@@ -66,13 +75,16 @@ pub fn resolve(
     let destination = snapshot.workload_by_ip(target.ip()).filter(|w| w.meshed);
     let target = match destination {
         Some(dst) => {
-            let (src_id, dst_id) = (source.spiffe_id(trust_domain), dst.spiffe_id(trust_domain));
+            let (src_id, dst_id) = (
+                spiffe_id(source, trust_domain),
+                spiffe_id(dst, trust_domain),
+            );
             labels.destination_workload = workload_label(dst);
             labels.destination_workload_namespace = dst.key.namespace.clone();
             labels.connection_security_policy = security;
             if security == SecurityPolicy::MutualTls {
-                labels.source_principal = src_id.clone();
-                labels.destination_principal = dst_id.clone();
+                labels.source_principal = src_id.to_string();
+                labels.destination_principal = dst_id.to_string();
             }
             OutboundTarget::Tunnel {
                 tunnel_addr: SocketAddr::new(target.ip(), TUNNEL_PORT),
