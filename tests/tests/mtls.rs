@@ -12,7 +12,8 @@ const FRONTEND: &str = "frontend-7d9f-a";
 /// reviews-v1 on node-b: cross-node from frontend (node-a).
 const REVIEWS: &str = "10.88.2.11:9080";
 
-/// tcpdump on the underlay bridge (only the lab's wire between nodes), writing
+/// tcpdump on every port of the underlay bridge (a bridge device itself does
+/// not see what it forwards between ports): only the lab's wire between nodes,
 /// every tunnel packet to a file as it comes.
 struct Capture {
     child: Child,
@@ -25,7 +26,7 @@ impl Capture {
         let mut child = mesh
             .lab
             .underlay_command("tcpdump")
-            .args(["-i", "ul0", "-U", "-s", "0", "-w"])
+            .args(["-i", "any", "--immediate-mode", "-U", "-s", "0", "-w"])
             .arg(&file)
             .args(["tcp", "port", "15008"])
             .stdout(Stdio::null())
@@ -43,12 +44,15 @@ impl Capture {
             }
             seen.push(byte[0]);
         }
+        // Keep reading, so tcpdump's last words never meet a closed pipe.
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
         Ok(Capture { child, file })
     }
 
     /// Stops the capture and returns the raw pcap bytes.
     fn finish(mut self) -> Result<Vec<u8>> {
-        std::thread::sleep(Duration::from_millis(200));
+        // Packets reach tcpdump at once (immediate mode); leave it a moment.
+        std::thread::sleep(Duration::from_millis(500));
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.child.id() as i32),
             nix::sys::signal::Signal::SIGINT,
