@@ -180,10 +180,13 @@ impl MeshLab {
         Ok(start.elapsed())
     }
 
-    /// Saves the edited config and waits until every agent has applied it.
+    /// Saves the edited config and waits until every agent has applied it (at
+    /// once when nothing changed).
     pub fn apply_config(&self) -> Result<Duration> {
         let before = self.generation(&self.agents.first().context("no agent")?.node)?;
-        self.config.save()?;
+        if !self.config.save()? {
+            return Ok(Duration::ZERO); // nothing to apply
+        }
         self.wait_for_generation(before + 1, Duration::from_secs(5))
     }
 

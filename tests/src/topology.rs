@@ -25,8 +25,8 @@ impl LabConfig {
     }
 
     /// Writes the file (atomically: write then rename, as editors and
-    /// ConfigMap updates do).
-    pub fn save(&self) -> Result<()> {
+    /// ConfigMap updates do). Returns whether its content changed.
+    pub fn save(&self) -> Result<bool> {
         let mut text = String::new();
         for doc in &self.docs {
             let mut out = String::new();
@@ -36,10 +36,13 @@ impl LabConfig {
             text.push_str(&out);
             text.push('\n');
         }
+        if std::fs::read_to_string(&self.path).is_ok_and(|old| old == text) {
+            return Ok(false);
+        }
         let tmp = self.path.with_extension("tmp");
         std::fs::write(&tmp, text)?;
         std::fs::rename(&tmp, &self.path)?;
-        Ok(())
+        Ok(true)
     }
 
     /// Sets (or, with `None`, removes) a label on the resource `kind` `namespace/name`
