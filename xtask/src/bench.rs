@@ -5,8 +5,10 @@
 //!   HTTPRoutes (the `state_build` bench of mesh-agent: time and peak memory).
 //! - Data path, in the lab with release builds: the same client tool against the
 //!   same kind of server across nodes, directly (unmeshed pods) and through both
-//!   agents (meshed pods): new connections per second, 1 KiB request/response
-//!   latency at fixed concurrency, single-stream bulk throughput.
+//!   agents (meshed pods) with the tunnel in plaintext, in mutual TLS, and in
+//!   mutual TLS with a new TLS connection per stream: new connections per second
+//!   and their latency, 1 KiB request/response latency at fixed concurrency,
+//!   single-stream bulk throughput.
 
 use std::process::Stdio;
 
@@ -25,13 +27,23 @@ const MESH_SERVER: &str = "reviews-v1-5c4b-b";
 const MESH_ECHO: &str = "10.88.2.11:9080";
 const SINK_PORT: u16 = 9999;
 
-struct Measure {
-    name: &'static str,
-    unit: &'static str,
-    direct: f64,
-    mesh: f64,
-    /// (ratio bound, true when mesh/direct must stay at or under it)
-    budget: Option<(f64, bool)>,
+/// One path's figures (`None`: not measured on that path).
+#[derive(Default, Clone, Copy)]
+struct Figures {
+    p50_us: f64,
+    p99_us: f64,
+    conns_per_sec: f64,
+    connect_p50_us: f64,
+    bulk_mib_s: f64,
+}
+
+/// The paths measured in one run.
+struct DataPath {
+    direct: Figures,
+    tunnel: Figures,
+    mtls: Figures,
+    /// mTLS with a new TLS connection for every stream (handshake cost).
+    mtls_new_tls: Figures,
 }
 
 pub fn run() -> Result<()> {
@@ -51,13 +63,13 @@ pub fn run() -> Result<()> {
         std::env::set_var("WEFT_LOAD_BIN", release.join("weft-load"));
         std::env::set_var("WEFT_LAB_LOG", "warn,mesh_agent::run=info");
     }
-    let measures = data_path()?;
-    print_report(&measures)
+    let figures = data_path()?;
+    print_report(&figures)
 }
 
-fn data_path() -> Result<Vec<Measure>> {
-    println!("\n==> data path in the lab: direct vs through the mesh (release builds)");
-    let mesh = MeshLab::start()?;
+fn data_path() -> Result<DataPath> {
+    println!("\n==> data path in the lab: direct, plaintext tunnel and mTLS (release builds)");
+    let mut mesh = MeshLab::start()?;
     let load = lab::load_binary()?;
     for server in [DIRECT_SERVER, MESH_SERVER] {
         let mut cmd = mesh.pod(server)?.command(&load.to_string_lossy());
@@ -66,9 +78,33 @@ fn data_path() -> Result<Vec<Measure>> {
         mesh.lab.spawn(cmd)?;
     }
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let run = |client: &str, args: &[String]| -> Result<serde_json::Value> {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = mesh.load_from(client, &args)?;
+    let direct = measure(&mesh, DIRECT_CLIENT, DIRECT_ECHO, true)?;
+    let mtls = measure(&mesh, MESH_CLIENT, MESH_ECHO, true)?;
+    restart_agents(&mut mesh, &["--insecure-plaintext-tunnel"])?;
+    let tunnel = measure(&mesh, MESH_CLIENT, MESH_ECHO, true)?;
+    restart_agents(&mut mesh, &["--tunnel-max-connection-streams", "1"])?;
+    let mtls_new_tls = measure(&mesh, MESH_CLIENT, MESH_ECHO, false)?;
+    Ok(DataPath {
+        direct,
+        tunnel,
+        mtls,
+        mtls_new_tls,
+    })
+}
+
+fn restart_agents(mesh: &mut MeshLab, args: &[&str]) -> Result<()> {
+    mesh.agent_args = args.iter().map(|a| (*a).to_owned()).collect();
+    for node in ["node-a", "node-b"] {
+        mesh.start_agent(node)?;
+    }
+    Ok(())
+}
+
+/// The same client tool on one path: warm-up, 1 KiB echo at 8 connections,
+/// new connections, and (when `all`) single-stream bulk.
+fn measure(mesh: &MeshLab, client: &str, echo: &str, all: bool) -> Result<Figures> {
+    let run = |args: &[&str]| -> Result<serde_json::Value> {
+        let out = mesh.load_from(client, args)?;
         if !out.status.success() {
             bail!(
                 "weft-load {args:?} from {client}: {}",
@@ -78,79 +114,20 @@ fn data_path() -> Result<Vec<Measure>> {
         serde_json::from_slice(&out.stdout)
             .with_context(|| format!("weft-load output: {}", String::from_utf8_lossy(&out.stdout)))
     };
-    let both = |args: &dyn Fn(&str) -> Vec<String>, field: &str| -> Result<(f64, f64)> {
-        // Warm-up then measure, direct first, then mesh.
-        let d = run(DIRECT_CLIENT, &args(DIRECT_ECHO))?[field]
-            .as_f64()
-            .unwrap_or(0.0);
-        let m = run(MESH_CLIENT, &args(MESH_ECHO))?[field]
-            .as_f64()
-            .unwrap_or(0.0);
-        Ok((d, m))
-    };
-    // Warm the tunnel pool and both agents.
-    let warm = |addr: &str| -> Vec<String> {
-        ["rr", addr, "--conns", "2", "--secs", "1"]
-            .map(String::from)
-            .to_vec()
-    };
-    both(&warm, "rps")?;
-
-    let rr = |addr: &str| -> Vec<String> {
-        ["rr", addr, "--conns", "8", "--secs", "5", "--size", "1024"]
-            .map(String::from)
-            .to_vec()
-    };
-    let direct_rr = run(DIRECT_CLIENT, &rr(DIRECT_ECHO))?;
-    let mesh_rr = run(MESH_CLIENT, &rr(MESH_ECHO))?;
-    let field = |v: &serde_json::Value, f: &str| v[f].as_f64().unwrap_or(0.0);
-    let (p50_d, p50_m) = (field(&direct_rr, "p50_us"), field(&mesh_rr, "p50_us"));
-    let (p99_d, p99_m) = (field(&direct_rr, "p99_us"), field(&mesh_rr, "p99_us"));
-    let conn = |addr: &str| -> Vec<String> {
-        ["connect", addr, "--conns", "4", "--secs", "4"]
-            .map(String::from)
-            .to_vec()
-    };
-    let (cps_d, cps_m) = both(&conn, "per_sec")?;
-    let bulk = |addr: &str| -> Vec<String> {
-        vec![
-            "bulk".into(),
-            sink_addr(addr),
-            "--mib".into(),
-            "1024".into(),
-        ]
-    };
-    let (bulk_d, bulk_m) = both(&bulk, "mib_per_sec")?;
-    Ok(vec![
-        Measure {
-            name: "1 KiB echo p50 (8 conns)",
-            unit: "µs",
-            direct: p50_d,
-            mesh: p50_m,
-            budget: None,
-        },
-        Measure {
-            name: "1 KiB echo p99 (8 conns)",
-            unit: "µs",
-            direct: p99_d,
-            mesh: p99_m,
-            budget: Some((2.0, true)),
-        },
-        Measure {
-            name: "new connections",
-            unit: "/s",
-            direct: cps_d,
-            mesh: cps_m,
-            budget: None,
-        },
-        Measure {
-            name: "bulk, one stream",
-            unit: "MiB/s",
-            direct: bulk_d,
-            mesh: bulk_m,
-            budget: Some((0.5, false)),
-        },
-    ])
+    let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(0.0);
+    run(&["rr", echo, "--conns", "2", "--secs", "1"])?;
+    let mut figures = Figures::default();
+    let connect = run(&["connect", echo, "--conns", "4", "--secs", "4"])?;
+    figures.conns_per_sec = f(&connect, "per_sec");
+    figures.connect_p50_us = f(&connect, "p50_us");
+    if all {
+        let rr = run(&["rr", echo, "--conns", "8", "--secs", "5", "--size", "1024"])?;
+        figures.p50_us = f(&rr, "p50_us");
+        figures.p99_us = f(&rr, "p99_us");
+        let bulk = run(&["bulk", &sink_addr(echo), "--mib", "1024"])?;
+        figures.bulk_mib_s = f(&bulk, "mib_per_sec");
+    }
+    Ok(figures)
 }
 
 /// The sink server's address on the pod of an echo address.
@@ -159,34 +136,80 @@ fn sink_addr(echo: &str) -> String {
     format!("{ip}:{SINK_PORT}")
 }
 
-fn print_report(measures: &[Measure]) -> Result<()> {
+fn print_report(d: &DataPath) -> Result<()> {
+    let (direct, tunnel, mtls) = (&d.direct, &d.tunnel, &d.mtls);
     println!(
-        "\n{:<28} {:>12} {:>12} {:>8}  budget",
-        "data path", "direct", "mesh", "ratio"
+        "\n{:<34} {:>10} {:>10} {:>10} {:>9} {:>9}",
+        "data path", "direct", "tunnel", "mTLS", "tun/dir", "mTLS/dir"
     );
-    let mut failed = Vec::new();
-    for m in measures {
-        let ratio = if m.direct > 0.0 {
-            m.mesh / m.direct
-        } else {
-            f64::NAN
-        };
-        let verdict = match m.budget {
-            Some((bound, true)) if ratio <= bound => format!("≤ {bound}× PASS"),
-            Some((bound, false)) if ratio >= bound => format!("≥ {bound}× PASS"),
-            Some((bound, at_most)) => {
-                failed.push(m.name);
-                format!("{} {bound}× FAIL", if at_most { "≤" } else { "≥" })
-            }
-            None => String::new(),
-        };
+    let row = |name: &str, unit: &str, get: fn(&Figures) -> f64| {
+        let (a, b, c) = (get(direct), get(tunnel), get(mtls));
         println!(
-            "{:<28} {:>9.0} {:<2} {:>9.0} {:<2} {:>7.2}×  {verdict}",
-            m.name, m.direct, m.unit, m.mesh, m.unit, ratio
+            "{:<34} {:>10.0} {:>10.0} {:>10.0} {:>8.2}× {:>8.2}×",
+            format!("{name} ({unit})"),
+            a,
+            b,
+            c,
+            b / a,
+            c / a
         );
+    };
+    row("1 KiB echo p50, 8 conns", "µs", |f| f.p50_us);
+    row("1 KiB echo p99, 8 conns", "µs", |f| f.p99_us);
+    row("new connections, pooled tunnel", "/s", |f| f.conns_per_sec);
+    row("  connect + 1-byte echo p50", "µs", |f| f.connect_p50_us);
+    row("bulk, one stream", "MiB/s", |f| f.bulk_mib_s);
+    let new_tls = &d.mtls_new_tls;
+    println!(
+        "{:<34} {:>10.0} {:>10} {:>10.0} {:>9} {:>8.2}×",
+        "new connections, new TLS each (/s)",
+        direct.conns_per_sec,
+        "-",
+        new_tls.conns_per_sec,
+        "",
+        new_tls.conns_per_sec / direct.conns_per_sec
+    );
+    println!(
+        "{:<34} {:>10.0} {:>10} {:>10.0}",
+        "  connect + 1-byte echo p50 (µs)", direct.connect_p50_us, "-", new_tls.connect_p50_us
+    );
+
+    let added = mtls.connect_p50_us - direct.connect_p50_us;
+    let budgets = [
+        (
+            "tunnel p99 ≤ 2× direct (issue 4)",
+            format!("{:.2}×", tunnel.p99_us / direct.p99_us),
+            tunnel.p99_us <= 2.0 * direct.p99_us,
+        ),
+        (
+            "tunnel bulk ≥ 50% of direct (issue 4)",
+            format!("{:.0}%", 100.0 * tunnel.bulk_mib_s / direct.bulk_mib_s),
+            tunnel.bulk_mib_s >= 0.5 * direct.bulk_mib_s,
+        ),
+        (
+            "mTLS bulk ≥ 70% of tunnel (issue 5)",
+            format!("{:.0}%", 100.0 * mtls.bulk_mib_s / tunnel.bulk_mib_s),
+            mtls.bulk_mib_s >= 0.7 * tunnel.bulk_mib_s,
+        ),
+        (
+            "new pooled stream p50 ≤ direct + 150 µs (issue 5)",
+            format!("{added:+.0} µs"),
+            added <= 150.0,
+        ),
+    ];
+    println!("\nbudgets");
+    let mut failed = Vec::new();
+    for (name, value, ok) in &budgets {
+        println!(
+            "  {name:<52} {value:>9}  {}",
+            if *ok { "PASS" } else { "FAIL" }
+        );
+        if !ok {
+            failed.push(*name);
+        }
     }
     if !failed.is_empty() {
-        bail!("over budget: {}", failed.join(", "));
+        bail!("over budget: {}", failed.join("; "));
     }
     Ok(())
 }

@@ -5,7 +5,8 @@
 //! Clients, each printing one JSON line:
 //! - `rr ADDR --conns N --secs S --size B`: N connections, each sending B bytes
 //!   and waiting for the B-byte echo, back to back; latency percentiles.
-//! - `connect ADDR --secs S --conns N`: new connection + one 1-byte echo each.
+//! - `connect ADDR --secs S --conns N`: new connection + one 1-byte echo each;
+//!   rate and latency percentiles.
 //! - `bulk ADDR --mib M`: one connection streaming M MiB to a sink.
 //! - `ping ADDR`: one connection; prints the peer our socket reports
 //!   (getpeername) and the address the echo server saw us come from.
@@ -268,26 +269,32 @@ fn connect_rate(args: &[String]) -> Result<()> {
     let workers: Vec<_> = (0..conns)
         .map(|_| {
             let addr = addr.clone();
-            std::thread::spawn(move || -> Result<u64> {
-                let mut count = 0;
+            std::thread::spawn(move || -> Result<Vec<u64>> {
+                let mut latencies = Vec::new();
                 while Instant::now() < deadline {
+                    let start = Instant::now();
                     let mut stream = connect(&addr)?;
                     stream.write_all(b"x").map_err(|e| e.to_string())?;
                     let mut one = [0u8; 1];
                     stream.read_exact(&mut one).map_err(|e| e.to_string())?;
-                    count += 1;
+                    latencies.push(start.elapsed().as_micros() as u64);
                 }
-                Ok(count)
+                Ok(latencies)
             })
         })
         .collect();
-    let mut total = 0;
+    let mut all = Vec::new();
     for w in workers {
-        total += w.join().map_err(|_| "worker panicked")??;
+        all.extend(w.join().map_err(|_| "worker panicked")??);
     }
+    all.sort_unstable();
+    // Latency: connect plus one 1-byte echo, per connection.
     println!(
-        "{{\"connections\":{total},\"per_sec\":{:.0}}}",
-        total as f64 / secs as f64
+        "{{\"connections\":{},\"per_sec\":{:.0},\"p50_us\":{},\"p99_us\":{}}}",
+        all.len(),
+        all.len() as f64 / secs as f64,
+        percentile(&all, 0.50),
+        percentile(&all, 0.99)
     );
     Ok(())
 }
