@@ -11,7 +11,8 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use prometheus::IntCounter;
 use tokio::sync::mpsc;
 
@@ -107,7 +108,10 @@ async fn recv(rx: &mut Option<mpsc::UnboundedReceiver<()>>) -> Option<()> {
 fn start_watcher(paths: &[PathBuf], tx: mpsc::UnboundedSender<()>) -> Option<RecommendedWatcher> {
     let names: Vec<PathBuf> = paths.to_vec();
     let handler = move |res: notify::Result<notify::Event>| match res {
-        Ok(ev) if ev.paths.iter().any(|p| names.iter().any(|n| n == p)) => {
+        Ok(ev)
+            if may_change_content(&ev.kind)
+                && ev.paths.iter().any(|p| names.iter().any(|n| n == p)) =>
+        {
             let _ = tx.send(());
         }
         Ok(_) => {}
@@ -130,6 +134,17 @@ fn start_watcher(paths: &[PathBuf], tx: mpsc::UnboundedSender<()>) -> Option<Rec
         }
     }
     Some(watcher)
+}
+
+/// Whether an event can mean new content. Reads are not: the watcher's own
+/// reads of the files raise open/read/close events, and taking those as changes
+/// made it re-read its configuration over and over, for ever.
+fn may_change_content(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
 }
 
 fn content_hash(paths: &[PathBuf]) -> u64 {
@@ -159,5 +174,52 @@ fn assert_send() {
     let counter = IntCounter::new("x", "x").ok();
     if let Some(c) = counter {
         is_send(&watch(Vec::new(), handle, c));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use notify::event::{CreateKind, ModifyKind, RemoveKind};
+
+    use super::*;
+
+    #[test]
+    fn reads_are_not_changes() {
+        for read in [
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            EventKind::Access(AccessKind::Read),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+        ] {
+            assert!(!may_change_content(&read), "{read:?}");
+        }
+        for change in [
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Modify(ModifyKind::Any),
+            EventKind::Create(CreateKind::File),
+            EventKind::Remove(RemoveKind::File),
+            EventKind::Any,
+        ] {
+            assert!(may_change_content(&change), "{change:?}");
+        }
+    }
+
+    /// The watcher's own reads must not wake it: after start-up it reads the
+    /// files only on its slow metadata poll, never in a loop.
+    #[tokio::test]
+    async fn own_reads_do_not_trigger_reloads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("mesh.yaml");
+        std::fs::write(&path, "").expect("write");
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let _watcher = start_watcher(std::slice::from_ref(&path), tx).expect("watcher");
+        // Reading the file, as content_hash does, raises no change event.
+        for _ in 0..3 {
+            content_hash(std::slice::from_ref(&path));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(rx.try_recv().is_err(), "a read was taken for a change");
+        std::fs::write(&path, "# edited").expect("edit");
+        let seen = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await;
+        assert!(matches!(seen, Ok(Some(()))), "an edit was not seen");
     }
 }
