@@ -46,12 +46,25 @@ struct DataPath {
     mtls_new_tls: Figures,
 }
 
-pub fn run() -> Result<()> {
+/// What `cargo xtask bench` measures.
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Only the data path in the lab (skip the state snapshot bench).
+    #[arg(long)]
+    data_path_only: bool,
+    /// An extra flag for every agent on every path (repeatable), to compare settings.
+    #[arg(long = "agent-arg", allow_hyphen_values = true)]
+    agent_args: Vec<String>,
+}
+
+pub fn run(args: &BenchArgs) -> Result<()> {
     setup::run()?;
-    step(
-        "state: snapshot of 10k Services, 100k Pods, 10k HTTPRoutes",
-        cargo().args(["bench", "-p", "mesh-agent", "--bench", "state_build"]),
-    )?;
+    if !args.data_path_only {
+        step(
+            "state: snapshot of 10k Services, 100k Pods, 10k HTTPRoutes",
+            cargo().args(["bench", "-p", "mesh-agent", "--bench", "state_build"]),
+        )?;
+    }
     step(
         "release build of the agent and the lab's tools",
         cargo().args(["build", "--release", "--workspace", "--bins"]),
@@ -63,13 +76,14 @@ pub fn run() -> Result<()> {
         std::env::set_var("WEFT_LOAD_BIN", release.join("weft-load"));
         std::env::set_var("WEFT_LAB_LOG", "warn,mesh_agent::run=info");
     }
-    let figures = data_path()?;
+    let figures = data_path(&args.agent_args)?;
     print_report(&figures)
 }
 
-fn data_path() -> Result<DataPath> {
+fn data_path(extra: &[String]) -> Result<DataPath> {
     println!("\n==> data path in the lab: direct, plaintext tunnel and mTLS (release builds)");
-    let mut mesh = MeshLab::start()?;
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let mut mesh = MeshLab::start_with(&extra)?;
     let load = lab::load_binary()?;
     for server in [DIRECT_SERVER, MESH_SERVER] {
         let mut cmd = mesh.pod(server)?.command(&load.to_string_lossy());
@@ -80,9 +94,9 @@ fn data_path() -> Result<DataPath> {
     std::thread::sleep(std::time::Duration::from_millis(300));
     let direct = measure(&mesh, DIRECT_CLIENT, DIRECT_ECHO, true)?;
     let mtls = measure(&mesh, MESH_CLIENT, MESH_ECHO, true)?;
-    restart_agents(&mut mesh, &["--insecure-plaintext-tunnel"])?;
+    restart_agents(&mut mesh, &extra, &["--insecure-plaintext-tunnel"])?;
     let tunnel = measure(&mesh, MESH_CLIENT, MESH_ECHO, true)?;
-    restart_agents(&mut mesh, &["--tunnel-max-connection-streams", "1"])?;
+    restart_agents(&mut mesh, &extra, &["--tunnel-max-connection-streams", "1"])?;
     let mtls_new_tls = measure(&mesh, MESH_CLIENT, MESH_ECHO, false)?;
     Ok(DataPath {
         direct,
@@ -92,8 +106,8 @@ fn data_path() -> Result<DataPath> {
     })
 }
 
-fn restart_agents(mesh: &mut MeshLab, args: &[&str]) -> Result<()> {
-    mesh.agent_args = args.iter().map(|a| (*a).to_owned()).collect();
+fn restart_agents(mesh: &mut MeshLab, extra: &[&str], args: &[&str]) -> Result<()> {
+    mesh.agent_args = extra.iter().chain(args).map(|a| (*a).to_owned()).collect();
     for node in ["node-a", "node-b"] {
         mesh.start_agent(node)?;
     }

@@ -25,7 +25,7 @@ enum Command {
     /// Build everything and show Weft working in a lab of two nodes.
     Demo,
     /// Measure the performance budgets (ratios against baselines taken in the same run).
-    Bench,
+    Bench(bench::BenchArgs),
     /// The netns lab.
     Lab {
         #[command(subcommand)]
@@ -44,7 +44,7 @@ fn main() -> Result<()> {
         Command::Setup => setup::run(),
         Command::Test => test::run(),
         Command::Demo => demo::run(),
-        Command::Bench => bench::run(),
+        Command::Bench(args) => bench::run(&args),
         Command::Lab {
             command: LabCommand::Clean,
         } => {

@@ -55,6 +55,9 @@ pub struct RunArgs {
     /// which the benchmark uses to measure handshakes).
     #[arg(long, hide = true)]
     pub tunnel_max_connection_streams: Option<u64>,
+    /// Threads of the data path's async runtime (0: one per CPU).
+    #[arg(long, default_value_t = 0)]
+    pub worker_threads: usize,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -29,7 +29,11 @@ use crate::{admin, config, telemetry};
 pub fn main(args: RunArgs) -> Result<()> {
     args.init_logging()?;
     raise_fd_limit();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if args.worker_threads > 0 {
+        runtime.worker_threads(args.worker_threads);
+    }
+    let runtime = runtime
         .enable_all()
         .thread_name("weft-worker")
         .build()
