@@ -1,9 +1,11 @@
 //! Bidirectional byte copying between two streams, as the data path needs it:
 //! half-close is propagated (EOF on one side shuts down writing on the other while
 //! the opposite direction keeps flowing), an idle timeout closes both sides, each
-//! direction owns one fixed-size buffer allocated once (a slow peer stalls the
-//! reader instead of growing memory), and every write is reported to an observer
-//! so counters move while a long connection is still open.
+//! direction owns one buffer that starts small and grows only while reads keep
+//! filling it, up to a fixed bound (a slow peer stalls the reader instead of
+//! growing memory; a bulk stream moves large chunks with few system calls), and
+//! every write is reported to an observer so counters move while a long
+//! connection is still open.
 
 use std::future::{Future, poll_fn};
 use std::io;
@@ -14,8 +16,15 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-/// Default size of each direction's buffer.
-pub const DEFAULT_BUFFER_SIZE: usize = 32 * 1024;
+/// Default starting size of each direction's buffer: enough for most
+/// request/response exchanges in one read.
+pub const DEFAULT_BUFFER_SIZE: usize = 16 * 1024;
+
+/// Default bound on each direction's buffer, reached only by bulk transfers.
+pub const DEFAULT_MAX_BUFFER_SIZE: usize = 256 * 1024;
+
+/// Consecutive reads that fill the whole buffer before it doubles.
+const FULL_READS_TO_GROW: u32 = 2;
 
 /// Buffers moved per direction before yielding to the scheduler.
 const MAX_ROUNDS_PER_POLL: usize = 32;
@@ -23,8 +32,11 @@ const MAX_ROUNDS_PER_POLL: usize = 32;
 /// How a copy behaves.
 #[derive(Clone, Debug)]
 pub struct CopyConfig {
-    /// Bytes buffered per direction; the only memory a copy holds.
+    /// Starting size of each direction's buffer.
     pub buffer_size: usize,
+    /// Bound on each direction's buffer: with `buffer_size`, the only memory a
+    /// copy holds.
+    pub max_buffer_size: usize,
     /// Close both sides when no byte moved in either direction for this long.
     pub idle_timeout: Option<Duration>,
 }
@@ -33,6 +45,7 @@ impl Default for CopyConfig {
     fn default() -> Self {
         Self {
             buffer_size: DEFAULT_BUFFER_SIZE,
+            max_buffer_size: DEFAULT_MAX_BUFFER_SIZE,
             idle_timeout: Some(Duration::from_secs(60 * 60)),
         }
     }
@@ -101,8 +114,9 @@ where
     O: CopyObserver + ?Sized,
 {
     let size = config.buffer_size.max(1024);
-    let mut ab = Half::new(size);
-    let mut ba = Half::new(size);
+    let max = config.max_buffer_size.max(size);
+    let mut ab = Half::new(size, max);
+    let mut ba = Half::new(size, max);
     let mut idle = config
         .idle_timeout
         .map(|d| (d, Box::pin(tokio::time::sleep(d))));
@@ -161,10 +175,13 @@ fn poll_idle(
     }
 }
 
-/// One direction: a fixed buffer, what part of it still has to be written, and
+/// One direction: a buffer, what part of it still has to be written, and
 /// whether the reader is done and the writer shut down.
 struct Half {
     buf: Box<[u8]>,
+    max_size: usize,
+    /// Reads in a row that filled the whole buffer.
+    full_reads: u32,
     pos: usize,
     filled: usize,
     read_eof: bool,
@@ -176,9 +193,11 @@ struct Half {
 }
 
 impl Half {
-    fn new(size: usize) -> Self {
+    fn new(size: usize, max_size: usize) -> Self {
         Self {
             buf: vec![0u8; size].into_boxed_slice(),
+            max_size,
+            full_reads: 0,
             pos: 0,
             filled: 0,
             read_eof: false,
@@ -186,6 +205,16 @@ impl Half {
             need_flush: false,
             amount: 0,
             progress: 0,
+        }
+    }
+
+    /// Doubles the (empty) buffer, up to the bound, once reads keep filling
+    /// it: more data is waiting than one read takes.
+    fn grow_if_busy(&mut self) {
+        if self.full_reads >= FULL_READS_TO_GROW && self.buf.len() < self.max_size {
+            let size = (self.buf.len() * 2).min(self.max_size);
+            self.buf = vec![0u8; size].into_boxed_slice();
+            self.full_reads = 0;
         }
     }
 
@@ -210,10 +239,16 @@ impl Half {
             }
             // Refill only once the buffer is fully written: the buffer is the bound.
             if self.pos == self.filled && !self.read_eof {
+                self.grow_if_busy();
                 let mut rb = ReadBuf::new(&mut self.buf);
                 match Pin::new(&mut *reader).poll_read(cx, &mut rb) {
                     Poll::Ready(Ok(())) => {
                         let n = rb.filled().len();
+                        if n == self.buf.len() {
+                            self.full_reads += 1;
+                        } else {
+                            self.full_reads = 0;
+                        }
                         self.pos = 0;
                         self.filled = n;
                         if n == 0 {

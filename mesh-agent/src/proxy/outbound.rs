@@ -8,11 +8,13 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
 use super::accept::accept_loop;
+use super::copy::{CopyObserver, Direction};
 use super::pod::PodConnections;
 use super::tunnel::Pool;
 use super::{Dialer, Shared, bridge, dial, reset};
@@ -143,8 +145,15 @@ async fn handle<C: OutboundContext>(
             target,
             pool_key,
         } => {
+            let early = match read_early(&client) {
+                Ok(early) => early,
+                Err(e) => {
+                    debug!(pod = pod.name(), %peer, error = %e, "client failed before the tunnel opened");
+                    return reset(client);
+                }
+            };
             let opened = pool
-                .connect(&pool_key, target, || {
+                .connect_early(&pool_key, target, early.clone(), || {
                     ctx.connect_tunnel(tunnel_addr, &pool_key)
                 })
                 .await;
@@ -157,7 +166,8 @@ async fn handle<C: OutboundContext>(
                 }
             };
             debug!(pod = pod.name(), %peer, %tunnel_addr, %target, "outbound via tunnel");
-            let conn = metrics.connection(&labels);
+            let mut conn = metrics.connection(&labels);
+            conn.on_bytes(Direction::AToB, early.len() as u64);
             bridge(
                 &mut client,
                 &mut stream,
@@ -168,5 +178,26 @@ async fn handle<C: OutboundContext>(
             )
             .await;
         }
+    }
+}
+
+/// Most bytes sent ahead of the CONNECT answer.
+const MAX_EARLY_BYTES: usize = 16 * 1024;
+
+/// What the client has already sent, without waiting: a client that speaks
+/// first (HTTP, TLS) has its request on the way with the CONNECT, and one that
+/// waits for the server loses nothing. Read from the fd directly, because
+/// Tokio reports a socket readable only after its driver's next poll.
+fn read_early(client: &TcpStream) -> io::Result<Bytes> {
+    let mut buf = BytesMut::with_capacity(MAX_EARLY_BYTES);
+    let spare = buf.spare_capacity_mut();
+    match socket2::SockRef::from(client).recv(&mut spare[..MAX_EARLY_BYTES]) {
+        Ok(n) => {
+            // SAFETY: recv initialised the first n bytes of the spare capacity.
+            unsafe { buf.set_len(n) };
+            Ok(buf.freeze())
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Bytes::new()),
+        Err(e) => Err(e),
     }
 }

@@ -119,7 +119,7 @@ fn log_audits(workload: &Workload, attrs: &ConnectionAttrs, decision: &Decision)
 
 impl InboundContext for PodContext {
     type Dialer = NetnsDialer;
-    type TunnelIo = Either<TcpStream, server::TlsStream<TcpStream>>;
+    type TunnelIo = Either<TcpStream, server::TlsStream<tls::Buffered<TcpStream>>>;
     type Peer = TunnelPeer;
 
     fn dialer(&self) -> &NetnsDialer {

@@ -60,7 +60,7 @@ pub struct PodContext {
 impl OutboundContext for PodContext {
     type PoolKey = PoolKey;
     type Dialer = NetnsDialer;
-    type TunnelIo = Either<TcpStream, client::TlsStream<TcpStream>>;
+    type TunnelIo = Either<TcpStream, client::TlsStream<tls::Buffered<TcpStream>>>;
 
     fn original_destination(&self, peer: SocketAddr) -> Option<SocketAddr> {
         let orig = self

@@ -5,6 +5,7 @@ use tokio::net::{TcpListener, TcpStream};
 fn config(buffer_size: usize, idle: Option<Duration>) -> CopyConfig {
     CopyConfig {
         buffer_size,
+        max_buffer_size: buffer_size,
         idle_timeout: idle,
     }
 }
@@ -187,4 +188,47 @@ async fn reset_peer_ends_with_error() {
         .unwrap()
         .unwrap();
     assert!(matches!(r.end, CopyEnd::Error(..)), "{:?}", r.end);
+}
+
+/// Chunk sizes the copy wrote a → b while `feed` ran against it.
+async fn chunk_sizes(cfg: CopyConfig, feed: impl AsyncFnOnce(&mut DuplexStream)) -> Vec<u64> {
+    let (mut client, mut a) = duplex(1 << 20);
+    let (mut b, mut server) = duplex(1 << 20);
+    let copy = tokio::spawn(async move {
+        let mut sizes = Vec::new();
+        let mut obs = |d: Direction, n: u64| {
+            if d == Direction::AToB {
+                sizes.push(n)
+            }
+        };
+        copy_bidirectional(&mut a, &mut b, &cfg, &mut obs).await;
+        sizes
+    });
+    let drain = tokio::spawn(async move { read_all(&mut server).await.len() });
+    feed(&mut client).await;
+    client.shutdown().await.unwrap();
+    drop(client);
+    drain.await.unwrap();
+    copy.await.unwrap()
+}
+
+#[tokio::test]
+async fn buffer_grows_for_bulk_up_to_its_bound() {
+    let cfg = CopyConfig {
+        buffer_size: 1024,
+        max_buffer_size: 8192,
+        idle_timeout: None,
+    };
+    let sizes = chunk_sizes(cfg, async |c| {
+        for _ in 0..64 {
+            c.write_all(&[7u8; 16 * 1024]).await.unwrap();
+        }
+    })
+    .await;
+    assert_eq!(sizes.iter().sum::<u64>(), 64 * 16 * 1024);
+    assert_eq!(
+        sizes.iter().max(),
+        Some(&8192),
+        "bulk reaches the bound, never more"
+    );
 }

@@ -189,13 +189,15 @@ impl TunnelClient {
     /// Opens a `CONNECT` stream to `target` on this connection.
     pub async fn connect(&self, target: SocketAddr) -> Result<TunnelStream, TunnelError> {
         let slot = self.try_reserve().ok_or(TunnelError::Unavailable)?;
-        self.connect_with(target, slot).await
+        self.connect_with(target, slot, Bytes::new()).await
     }
 
+    /// Opens the stream and sends `early` on it at once, before the answer.
     pub(crate) async fn connect_with(
         &self,
         target: SocketAddr,
         slot: StreamSlot,
+        early: Bytes,
     ) -> Result<TunnelStream, TunnelError> {
         let open = async {
             let mut sender = self.sender.clone().ready().await?;
@@ -205,7 +207,12 @@ impl TunnelClient {
                 .uri(target.to_string())
                 .body(())
                 .map_err(|_| TunnelError::Unavailable)?;
-            let (response, send) = sender.send_request(request, false)?;
+            let (response, mut send) = sender.send_request(request, false)?;
+            if !early.is_empty() {
+                // Within the stream's initial window, so h2 sends it now; the
+                // peer buffers it until its upstream is connected.
+                send.send_data(early, false)?;
+            }
             let response = response.await?;
             if response.status() != StatusCode::OK {
                 return Err(TunnelError::Status(response.status()));

@@ -11,6 +11,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
 
+use bytes::Bytes;
 use prometheus::IntGauge;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::OnceCell;
@@ -84,13 +85,37 @@ where
         Fut: Future<Output = io::Result<T>>,
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        self.connect_early(key, target, Bytes::new(), dial).await
+    }
+
+    /// As `connect`, sending `early` (bytes the client already sent) right
+    /// behind the CONNECT request instead of after the peer's answer, which
+    /// saves a round trip for protocols where the client speaks first.
+    pub async fn connect_early<F, Fut, T>(
+        &self,
+        key: &K,
+        target: SocketAddr,
+        early: Bytes,
+        dial: F,
+    ) -> Result<TunnelStream, TunnelError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = io::Result<T>>,
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         // A connection that looked usable may turn out closed (GOAWAY, reset);
         // one retry on a fresh pick covers that race without looping forever.
+        // Early bytes may already have reached the app through the failed
+        // stream, so then only a stream the peer refused unprocessed is retried.
         let mut retried = false;
         loop {
             let (client, slot, fresh) = self.checkout(key, &dial).await?;
-            match client.connect_with(target, slot).await {
-                Err(TunnelError::Stream(e)) if !fresh && !retried => {
+            match client.connect_with(target, slot, early.clone()).await {
+                Err(TunnelError::Stream(e))
+                    if !fresh
+                        && !retried
+                        && (early.is_empty() || e.reason() == Some(h2::Reason::REFUSED_STREAM)) =>
+                {
                     debug!(error = %e, "pooled tunnel connection failed, retrying once");
                     retried = true;
                 }

@@ -14,7 +14,7 @@ use super::client::StreamSlot;
 
 /// Largest chunk handed to h2 per write; also the size of the reusable write
 /// buffer block.
-const WRITE_BLOCK: usize = 64 * 1024;
+const WRITE_BLOCK: usize = crate::proxy::copy::DEFAULT_MAX_BUFFER_SIZE;
 
 /// A tunnelled byte stream. Dropping it without `shutdown` resets the HTTP/2
 /// stream (RST_STREAM CANCEL), which the peer sees as an aborted connection.

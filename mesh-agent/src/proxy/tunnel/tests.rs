@@ -462,3 +462,40 @@ async fn connections_retire_at_their_age() {
     );
     assert_eq!(within(roundtrip(s, b"renewed")).await, b"renewed");
 }
+
+#[tokio::test]
+async fn early_bytes_reach_the_upstream_ahead_of_the_rest() {
+    let server = tunnel_server(TunnelConfig::default()).await;
+    let (pool, dialer) = pool_to(server.addr, TunnelConfig::default());
+    let echo = echo_server().await;
+    let early = bytes::Bytes::from_static(b"GET / HTTP/1.1\r\n");
+    let mut s = within(pool.connect_early(&"a", echo, early.clone(), || dialer.dial()))
+        .await
+        .unwrap();
+    s.write_all(b"\r\n").await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    within(s.read_to_end(&mut back)).await.unwrap();
+    assert_eq!(back, b"GET / HTTP/1.1\r\n\r\n");
+    assert_eq!(server.counters.bytes_in.load(Ordering::SeqCst), 18);
+}
+
+#[tokio::test]
+async fn early_bytes_of_a_refused_stream_go_nowhere() {
+    let server = tunnel_server(TunnelConfig::default()).await;
+    let (pool, dialer) = pool_to(server.addr, TunnelConfig::default());
+    let forbidden = "127.0.0.1:1".parse().unwrap();
+    let early = bytes::Bytes::from_static(b"secret");
+    let e = within(pool.connect_early(&"a", forbidden, early, || dialer.dial()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(StatusCode::FORBIDDEN), "{e}");
+    assert_eq!(server.counters.bytes_in.load(Ordering::SeqCst), 0);
+    // The connection survives the refused stream and its unread data.
+    let echo = echo_server().await;
+    let s = within(pool.connect(&"a", echo, || dialer.dial()))
+        .await
+        .unwrap();
+    assert_eq!(within(roundtrip(s, b"next")).await, b"next");
+    assert_eq!(dialer.dials.load(Ordering::SeqCst), 1);
+}
