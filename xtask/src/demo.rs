@@ -71,7 +71,27 @@ pub fn run() -> Result<()> {
     let (_, seen) = mesh.ping("inventory-0", "10.88.2.13:8000")?;
     println!("the server saw {seen}: straight from the pod, no agent involved");
 
-    say("what node-a's agent reports on :15020/metrics");
+    say("shop/reviews calls payments: payments/payments-allow-frontend admits only shop/frontend");
+    let out = mesh.load_from("reviews-v1-5c4b-a", &["say", "10.96.1.10:443", "hello"])?;
+    if out.status.success() {
+        anyhow::bail!("the policy should have refused shop/reviews");
+    }
+    println!(
+        "the client is refused: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    for node in ["node-a", "node-b"] {
+        let log = mesh.agent(node)?.log();
+        if let Some(line) = log.lines().rfind(|l| l.contains("refused by policy")) {
+            println!("{node}'s agent (the destination) logged: {line}");
+        }
+    }
+
+    say("mesh-agent certs on node-a: a certificate per workload identity on the node");
+    show(mesh.agent_cli("node-a", &["certs"])?);
+
+    say("what node-a's agent reports on :15020/metrics (mutual TLS, with both principals)");
     let metrics = mesh.metrics("node-a")?;
     for line in metrics
         .lines()
