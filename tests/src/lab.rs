@@ -103,6 +103,36 @@ impl Lab {
         Ok(self.pods.last().expect("just pushed"))
     }
 
+    /// Waits until every bridge port of the lab forwards. A new port starts out
+    /// disabled and turns to forwarding only when the kernel's link watcher
+    /// gets to it, up to a second later; frames meanwhile are dropped (traced:
+    /// `BRIDGE_INGRESS_STP_STATE`, `NO_TX_TARGET`), so a test's first SYN
+    /// would wait a second for its retransmission.
+    pub fn wait_until_forwarding(&self) -> Result<()> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let netns = std::iter::once(&self.underlay).chain(self.nodes.iter().map(|n| &n.netns));
+        for ns in netns {
+            loop {
+                let out = run("bridge", &["-n", ns, "-j", "link", "show"])?;
+                let ports: Vec<serde_json::Value> = serde_json::from_str(&out)
+                    .with_context(|| format!("bridge -j link show in {ns}: {out}"))?;
+                let waiting: Vec<&str> = ports
+                    .iter()
+                    .filter(|p| p["state"].as_str() != Some("forwarding"))
+                    .map(|p| p["ifname"].as_str().unwrap_or("?"))
+                    .collect();
+                if waiting.is_empty() {
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    bail!("bridge ports in {ns} never began forwarding: {waiting:?}");
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+        Ok(())
+    }
+
     pub fn node(&self, name: &str) -> Result<&Node> {
         self.nodes
             .iter()

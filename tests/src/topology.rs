@@ -200,6 +200,7 @@ impl Lab {
                 Yaml::String(netns.display().to_string()),
             );
         }
+        lab.wait_until_forwarding()?;
         let config = LabConfig {
             docs,
             path: lab.run_dir().join("mesh.yaml"),

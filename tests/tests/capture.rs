@@ -23,6 +23,7 @@ fn meshed_connect_is_redirected_and_unmeshed_is_not() -> Result<()> {
     lab.add_pod("node-a", "meshed", None)?;
     lab.add_pod("node-a", "plain", None)?;
     lab.add_pod("node-b", "server", None)?;
+    lab.wait_until_forwarding()?;
     let (meshed, plain, server) = (lab.pod("meshed")?, lab.pod("plain")?, lab.pod("server")?);
 
     let (real_addr, _) = reply_server(
