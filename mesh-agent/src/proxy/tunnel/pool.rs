@@ -2,7 +2,9 @@
 //! destination identity and destination IP). Each connection carries up to
 //! `max_streams_per_connection` streams; another is dialled when every pooled
 //! one is full or closed. Concurrent requests that find no usable connection
-//! share a single dial. Idle connections close themselves (see `client`).
+//! share a dial, as many as the new connection will take; more start another
+//! dial instead of queueing behind it. Idle connections close themselves (see
+//! `client`).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -24,8 +26,14 @@ type DialCell = Arc<OnceCell<Result<TunnelClient, Arc<io::Error>>>>;
 
 struct Entry {
     clients: Vec<TunnelClient>,
-    /// The dial in flight for this key, if any; every waiter awaits the same one.
-    dialing: Option<DialCell>,
+    /// Dials in flight for this key; a waiter joins one with room for it.
+    dialing: Vec<Dial>,
+}
+
+struct Dial {
+    cell: DialCell,
+    /// Requests waiting on this dial.
+    waiters: usize,
 }
 
 struct Inner<K> {
@@ -157,7 +165,7 @@ where
         let mut entries = lock(&self.inner.entries);
         let entry = entries.entry(key.clone()).or_insert_with(|| Entry {
             clients: Vec::new(),
-            dialing: None,
+            dialing: Vec::new(),
         });
         entry.clients.retain(|c| !c.is_closed());
         for client in entry.clients.iter().filter(|c| c.has_capacity()) {
@@ -165,11 +173,27 @@ where
                 return Pick::Ready(client.clone(), slot);
             }
         }
-        Pick::Dial(Arc::clone(
-            entry
-                .dialing
-                .get_or_insert_with(|| Arc::new(OnceCell::new())),
-        ))
+        let room = self.streams_per_connection();
+        if let Some(dial) = entry.dialing.iter_mut().find(|d| d.waiters < room) {
+            dial.waiters += 1;
+            return Pick::Dial(Arc::clone(&dial.cell));
+        }
+        let cell = Arc::new(OnceCell::new());
+        entry.dialing.push(Dial {
+            cell: Arc::clone(&cell),
+            waiters: 1,
+        });
+        Pick::Dial(cell)
+    }
+
+    /// Streams one new connection can take.
+    fn streams_per_connection(&self) -> usize {
+        let config = &self.inner.config;
+        let max = config.max_streams_per_connection.max(1);
+        match config.max_connection_streams {
+            Some(uses) => max.min(usize::try_from(uses).unwrap_or(usize::MAX).max(1)),
+            None => max,
+        }
     }
 
     async fn dial_new<F, Fut, T>(&self, key: K, dial: &F) -> Result<TunnelClient, Arc<io::Error>>
@@ -216,8 +240,12 @@ where
         let Some(entry) = entries.get_mut(key) else {
             return;
         };
-        if entry.dialing.as_ref().is_some_and(|d| Arc::ptr_eq(d, cell)) {
-            entry.dialing = None;
+        if let Some(i) = entry
+            .dialing
+            .iter()
+            .position(|d| Arc::ptr_eq(&d.cell, cell))
+        {
+            entry.dialing.swap_remove(i);
             if let Ok(client) = result {
                 entry.clients.push(client.clone());
             }
@@ -253,7 +281,7 @@ fn forget_closed<K: Eq + Hash>(inner: &Weak<Inner<K>>, key: &K) {
     let mut entries = lock(&inner.entries);
     if let Some(entry) = entries.get_mut(key) {
         entry.clients.retain(|c| !c.is_closed());
-        if entry.clients.is_empty() && entry.dialing.is_none() {
+        if entry.clients.is_empty() && entry.dialing.is_empty() {
             entries.remove(key);
         }
     }

@@ -499,3 +499,63 @@ async fn early_bytes_of_a_refused_stream_go_nowhere() {
     assert_eq!(within(roundtrip(s, b"next")).await, b"next");
     assert_eq!(dialer.dials.load(Ordering::SeqCst), 1);
 }
+
+/// Finishes a dial only once `gate` dials have started, so dials that queued
+/// behind each other never finish.
+#[derive(Clone)]
+struct GatedDialer {
+    server: SocketAddr,
+    started: Arc<AtomicUsize>,
+    changed: Arc<tokio::sync::Notify>,
+    gate: usize,
+}
+
+impl GatedDialer {
+    async fn dial(&self) -> std::io::Result<TcpStream> {
+        self.started.fetch_add(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
+        let all_started = async {
+            loop {
+                let notified = self.changed.notified();
+                if self.started.load(Ordering::SeqCst) >= self.gate {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), all_started)
+            .await
+            .map_err(|_| std::io::Error::other("dials ran one after another"))?;
+        TcpStream::connect(self.server).await
+    }
+}
+
+#[tokio::test]
+async fn waiters_beyond_one_connection_dial_in_parallel() {
+    let echo = echo_server().await;
+    let config = TunnelConfig {
+        max_streams_per_connection: 2,
+        ..TunnelConfig::default()
+    };
+    let server = tunnel_server(config.clone()).await;
+    let pool = Pool::new(config, None);
+    let dialer = GatedDialer {
+        server: server.addr,
+        started: Arc::new(AtomicUsize::new(0)),
+        changed: Arc::new(tokio::sync::Notify::new()),
+        gate: 3,
+    };
+    let tasks: Vec<_> = (0..6)
+        .map(|_| {
+            let (pool, dialer) = (pool.clone(), dialer.clone());
+            tokio::spawn(async move { pool.connect(&"a", echo, || dialer.dial()).await })
+        })
+        .collect();
+    let mut streams = Vec::new();
+    for t in tasks {
+        streams.push(within(t).await.unwrap().expect("stream"));
+    }
+    // Six waiters, two streams a connection: three dials, all at once.
+    assert_eq!(dialer.started.load(Ordering::SeqCst), 3);
+    assert_eq!(pool.connection_count(), 3);
+}
