@@ -7,8 +7,9 @@
 //!   same kind of server across nodes, directly (unmeshed pods) and through both
 //!   agents (meshed pods) with the tunnel in plaintext, in mutual TLS, and in
 //!   mutual TLS with a new TLS connection per stream: new connections per second
-//!   and their latency, 1 KiB request/response latency at fixed concurrency,
-//!   single-stream bulk throughput.
+//!   and their latency, 1 KiB request/response latency at fixed concurrency
+//!   (8 connections, for the budgets; and 1, the latency added without CPU
+//!   saturation), single-stream bulk throughput.
 
 use std::process::Stdio;
 
@@ -32,6 +33,9 @@ const SINK_PORT: u16 = 9999;
 struct Figures {
     p50_us: f64,
     p99_us: f64,
+    /// The same echo on one connection: added latency without CPU saturation.
+    single_p50_us: f64,
+    single_p99_us: f64,
     conns_per_sec: f64,
     connect_p50_us: f64,
     bulk_mib_s: f64,
@@ -80,45 +84,85 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     print_report(&figures)
 }
 
+/// Rounds per agent setting; each measures the direct path, then the mesh.
+const ROUNDS: usize = 3;
+
 fn data_path(extra: &[String]) -> Result<DataPath> {
-    println!("\n==> data path in the lab: direct, plaintext tunnel and mTLS (release builds)");
+    println!(
+        "\n==> data path in the lab: direct, plaintext tunnel and mTLS (release builds, \
+         median of {ROUNDS} rounds; direct measured in every round)"
+    );
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-    // A lab of its own for each agent setting. Each path's connection test
-    // leaves ~15,000 TIME_WAIT sockets toward its server for a minute, and a
-    // second path through the same pods then pays for the long ephemeral-port
-    // search they cause (perf: 60% of the agent in __inet_hash_connect), which
-    // made whichever path ran second look 3x slower at new connections.
-    let (direct, mtls) = {
-        let mesh = bench_lab(&extra, &[])?;
-        (
-            measure(&mesh, DIRECT_CLIENT, DIRECT_ECHO, true)?,
-            measure(&mesh, MESH_CLIENT, MESH_ECHO, true)?,
-        )
+    // A lab of its own for each agent setting, and in every round the direct
+    // path measured right before the mesh: this machine's figures drift by
+    // tens of percent over a run, and the direct baseline is the median of all
+    // rounds, interleaved with every setting.
+    let mut direct = Vec::new();
+    let mut setting = |flags: &[&str], all: bool| -> Result<Figures> {
+        let mesh = bench_lab(&extra, flags)?;
+        let mut through = Vec::new();
+        for _ in 0..ROUNDS {
+            direct.push(measure(&mesh, DIRECT_CLIENT, DIRECT_ECHO, all)?);
+            through.push(measure(&mesh, MESH_CLIENT, MESH_ECHO, all)?);
+        }
+        Ok(median(&through))
     };
-    let tunnel = measure(
-        &bench_lab(&extra, &["--insecure-plaintext-tunnel"])?,
-        MESH_CLIENT,
-        MESH_ECHO,
-        true,
-    )?;
-    let mtls_new_tls = measure(
-        &bench_lab(&extra, &["--tunnel-max-connection-streams", "1"])?,
-        MESH_CLIENT,
-        MESH_ECHO,
-        false,
-    )?;
+    let mtls = setting(&[], true)?;
+    let tunnel = setting(&["--insecure-plaintext-tunnel"], true)?;
+    let mtls_new_tls = setting(&["--tunnel-max-connection-streams", "1"], false)?;
     Ok(DataPath {
-        direct,
+        direct: median(&direct),
         tunnel,
         mtls,
         mtls_new_tls,
     })
 }
 
+/// Each figure's median over the rounds that measured it (0: not measured).
+fn median(rounds: &[Figures]) -> Figures {
+    let of = |get: fn(&Figures) -> f64| {
+        let mut v: Vec<f64> = rounds.iter().map(get).filter(|x| *x > 0.0).collect();
+        v.sort_by(f64::total_cmp);
+        match v.len() {
+            0 => 0.0,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        }
+    };
+    Figures {
+        p50_us: of(|f| f.p50_us),
+        p99_us: of(|f| f.p99_us),
+        single_p50_us: of(|f| f.single_p50_us),
+        single_p99_us: of(|f| f.single_p99_us),
+        conns_per_sec: of(|f| f.conns_per_sec),
+        connect_p50_us: of(|f| f.connect_p50_us),
+        bulk_mib_s: of(|f| f.bulk_mib_s),
+    }
+}
+
 /// A fresh lab whose agents get `extra` and `args`, with sink servers.
+///
+/// Every pod reuses TIME_WAIT ports for its outgoing connections: one
+/// connection test leaves ~15,000 TIME_WAIT sockets toward its server for a
+/// minute, and the next test through the same pods would otherwise pay for
+/// the ephemeral-port search they cause (perf: 60% of an agent's CPU in
+/// `__inet_hash_connect`), on the direct and the mesh path alike.
 fn bench_lab(extra: &[&str], args: &[&str]) -> Result<MeshLab> {
     let flags: Vec<&str> = extra.iter().chain(args).copied().collect();
     let mesh = MeshLab::start_with(&flags)?;
+    for pod in mesh.lab.pods() {
+        let out = pod
+            .command("sysctl")
+            .args(["-qw", "net.ipv4.tcp_tw_reuse=1"])
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "sysctl in pod {}: {}",
+                pod.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
     let load = lab::load_binary()?;
     for server in [DIRECT_SERVER, MESH_SERVER] {
         let mut cmd = mesh.pod(server)?.command(&load.to_string_lossy());
@@ -130,7 +174,7 @@ fn bench_lab(extra: &[&str], args: &[&str]) -> Result<MeshLab> {
     Ok(mesh)
 }
 
-/// The same client tool on one path: warm-up, 1 KiB echo at 8 connections,
+/// The same client tool on one path: warm-up, 1 KiB echo at 8 connections and at 1,
 /// new connections, and (when `all`) single-stream bulk.
 fn measure(mesh: &MeshLab, client: &str, echo: &str, all: bool) -> Result<Figures> {
     let run = |args: &[&str]| -> Result<serde_json::Value> {
@@ -154,6 +198,9 @@ fn measure(mesh: &MeshLab, client: &str, echo: &str, all: bool) -> Result<Figure
         let rr = run(&["rr", echo, "--conns", "8", "--secs", "5", "--size", "1024"])?;
         figures.p50_us = f(&rr, "p50_us");
         figures.p99_us = f(&rr, "p99_us");
+        let single = run(&["rr", echo, "--conns", "1", "--secs", "3", "--size", "1024"])?;
+        figures.single_p50_us = f(&single, "p50_us");
+        figures.single_p99_us = f(&single, "p99_us");
         let bulk = run(&["bulk", &sink_addr(echo), "--mib", "1024"])?;
         figures.bulk_mib_s = f(&bulk, "mib_per_sec");
     }
@@ -186,6 +233,8 @@ fn print_report(d: &DataPath) -> Result<()> {
     };
     row("1 KiB echo p50, 8 conns", "µs", |f| f.p50_us);
     row("1 KiB echo p99, 8 conns", "µs", |f| f.p99_us);
+    row("1 KiB echo p50, 1 conn", "µs", |f| f.single_p50_us);
+    row("1 KiB echo p99, 1 conn", "µs", |f| f.single_p99_us);
     row("new connections, pooled tunnel", "/s", |f| f.conns_per_sec);
     row("  connect + 1-byte echo p50", "µs", |f| f.connect_p50_us);
     row("bulk, one stream", "MiB/s", |f| f.bulk_mib_s);

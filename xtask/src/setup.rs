@@ -28,10 +28,13 @@ const EBPF_PACKAGES: &[&str] = &[
     "zlib1g-dev",
     "libzstd-dev",
 ];
-/// Tools the lab, the tests and the demo run: iproute2 (ip), util-linux
-/// (nsenter, setpriv, mount), curl and tcpdump as real clients and captures.
+/// Tools the lab, the tests and the demo run: iproute2 (ip, bridge), util-linux
+/// (nsenter, setpriv, mount), curl and tcpdump as real clients and captures,
+/// procps (sysctl) for the bench's pods.
 const LAB_PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
+    ("bridge", "iproute2"),
+    ("sysctl", "procps"),
     ("nsenter", "util-linux"),
     ("setpriv", "util-linux"),
     ("curl", "curl"),
