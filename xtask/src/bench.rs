@@ -151,17 +151,11 @@ fn bench_lab(extra: &[&str], args: &[&str]) -> Result<MeshLab> {
     let flags: Vec<&str> = extra.iter().chain(args).copied().collect();
     let mesh = MeshLab::start_with(&flags)?;
     for pod in mesh.lab.pods() {
-        let out = pod
-            .command("sysctl")
-            .args(["-qw", "net.ipv4.tcp_tw_reuse=1"])
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "sysctl in pod {}: {}",
-                pod.name,
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        let sysctl = ["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"];
+        lab::run(
+            "ip",
+            &[&["netns", "exec", &pod.netns][..], &sysctl].concat(),
+        )?;
     }
     let load = lab::load_binary()?;
     for server in [DIRECT_SERVER, MESH_SERVER] {
