@@ -22,6 +22,8 @@ pub mod map_names {
     pub const INBOUND_CONFIG: &str = "INBOUND_CONFIG";
     pub const EXCLUDED_PORTS: &str = "EXCLUDED_PORTS";
     pub const STATS: &str = "STATS";
+    pub const KUBEPODS_ROOT: &str = "KUBEPODS_ROOT";
+    pub const POD_CGROUPS: &str = "POD_CGROUPS";
 }
 
 /// Names of the programs (their Rust function names in `mesh-ebpf`).
@@ -134,13 +136,42 @@ pub struct InboundConfig {
     pub node_addr: [u8; 16],
 }
 
+/// The only entry (index 0) of `KUBEPODS_ROOT`: where the kubelet's pod cgroups
+/// live, so the connect programs can hold back pods the agent has not classified.
+///
+/// Cgroup ids are the kernel's (the inode number of the cgroup directory); levels
+/// count from the cgroup v2 root (level 0). `cgroup_id == 0`: no kubepods root
+/// (file mode), nothing is held back.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KubepodsConfig {
+    /// The kubepods cgroup (`kubepods` or `kubepods.slice`).
+    pub cgroup_id: u64,
+    /// The QoS cgroups under it (burstable, besteffort); 0 for an absent one. A
+    /// child of kubepods that is not one of these is a (Guaranteed) pod cgroup.
+    pub qos_ids: [u64; 2],
+    /// Level of the kubepods cgroup in the hierarchy.
+    pub level: u32,
+    pub _pad: [u8; 4],
+}
+
+/// Values of `POD_CGROUPS` (key: a pod-level cgroup id, `u64`).
+pub mod pod_verdict {
+    /// The agent has classified the pod (its netns is enrolled, or it is not
+    /// meshed): its connects go on as the netns enrolment decides. A pod cgroup
+    /// absent from the map, or with any other value, has its TCP connects refused.
+    pub const CLASSIFIED: u32 = 1;
+}
+
 /// Indexes into the per-CPU `STATS` array.
 pub mod stats {
     pub const CONNECT_REDIRECTED: u32 = 0;
     pub const CONNECT_SKIPPED_MARK: u32 = 1;
     pub const INBOUND_STEERED: u32 = 2;
     pub const ORIG_DST_PUBLISHED: u32 = 3;
-    pub const COUNT: u32 = 4;
+    /// TCP connects refused because the task's pod cgroup is not classified yet.
+    pub const CONNECT_REFUSED_UNCLASSIFIED: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 #[cfg(feature = "user")]
@@ -152,6 +183,7 @@ mod pod_impls {
     unsafe impl aya::Pod for super::PortKey {}
     unsafe impl aya::Pod for super::PodIpKey {}
     unsafe impl aya::Pod for super::InboundConfig {}
+    unsafe impl aya::Pod for super::KubepodsConfig {}
 }
 
 #[cfg(test)]
@@ -166,6 +198,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<PortKey>(), 16);
         assert_eq!(core::mem::size_of::<PodIpKey>(), 16);
         assert_eq!(core::mem::size_of::<InboundConfig>(), 16);
+        assert_eq!(core::mem::size_of::<KubepodsConfig>(), 32);
     }
 
     #[test]

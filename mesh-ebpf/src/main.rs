@@ -9,10 +9,15 @@
 //! - `getpeername4`/`6`: a redirected application sees its original peer.
 //! - `sk_lookup` (one per pod netns): inbound TCP from outside the pod goes to the
 //!   agent's plaintext inbound socket of that pod; the tunnel port is left alone.
+//! - The pod gate, in `connect4`/`connect6`: a TCP connect by a task in a pod
+//!   cgroup under the node's kubepods cgroup that the agent has not classified yet
+//!   is refused (EPERM), so no connection leaves a pod unmeshed between its start
+//!   and its enrolment.
 //!
 //! Every program returns "allow" on any unexpected input: a kernel program must
 //! never break a connection it does not understand, except where failing closed is
-//! the point (inbound to a captured pod whose agent socket is gone).
+//! the point (inbound to a captured pod whose agent socket is gone, a connect from
+//! a pod not classified yet).
 #![no_std]
 #![no_main]
 
@@ -21,16 +26,18 @@ use aya_ebpf::{
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
         BPF_TCP_CLOSE, bpf_sock_addr, sk_action,
     },
-    helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    helpers::generated::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie,
+    },
     macros::{cgroup_sock_addr, map, sk_lookup, sock_ops},
-    maps::{HashMap, LruHashMap, PerCpuArray, SockHash},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, SockHash},
     programs::{SkLookupContext, SockAddrContext, SockOpsContext},
     EbpfContext,
 };
 use aya_log_ebpf::debug;
 use mesh_common::{
-    stats, InboundConfig, NetnsConfig, OrigDst, PodIpKey, PortKey, AF_INET, AF_INET6, AGENT_MARK,
-    TUNNEL_PORT,
+    pod_verdict, stats, InboundConfig, KubepodsConfig, NetnsConfig, OrigDst, PodIpKey, PortKey,
+    AF_INET, AF_INET6, AGENT_MARK, TUNNEL_PORT,
 };
 
 const IPPROTO_TCP: u32 = 6;
@@ -63,6 +70,15 @@ static INBOUND_SOCKETS: SockHash<PodIpKey> = SockHash::with_max_entries(MAX_PODS
 #[map]
 static INBOUND_CONFIG: HashMap<PodIpKey, InboundConfig> = HashMap::with_max_entries(MAX_PODS, 0);
 
+/// Index 0: the node's kubepods cgroup, or all zero when there is none (file mode).
+#[map]
+static KUBEPODS_ROOT: Array<KubepodsConfig> = Array::with_max_entries(1, 0);
+
+/// Pod-level cgroup id → `mesh_common::pod_verdict`. A pod cgroup under kubepods
+/// that is missing here is not classified yet: its TCP connects are refused.
+#[map]
+static POD_CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(MAX_PODS, 0);
+
 /// Counters, indexed by `mesh_common::stats`.
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::COUNT, 0);
@@ -85,24 +101,79 @@ fn socket_mark(sa: *const bpf_sock_addr) -> u32 {
     }
 }
 
-/// The redirect config of the calling socket's netns if it is an unmarked TCP socket
-/// in an enrolled pod.
+/// What a connect gets, before its destination is looked at.
+enum Gate {
+    /// Not ours: leave it alone.
+    Pass,
+    /// An unmarked TCP socket in an enrolled netns: redirect to the agent.
+    Capture(NetnsConfig),
+    /// An unmarked TCP socket of a task in this pod cgroup, which the agent has
+    /// not classified yet: refuse it unless it stays on the node's loopback.
+    Hold(u64),
+}
+
 #[inline(always)]
-fn capture_config(ctx: &SockAddrContext) -> Option<NetnsConfig> {
+fn gate(ctx: &SockAddrContext) -> Gate {
     let sa = ctx.sock_addr;
     // SAFETY: ctx fields are readable in cgroup/connect hooks.
     if unsafe { (*sa).protocol } != IPPROTO_TCP {
-        return None;
+        return Gate::Pass;
     }
     // SAFETY: bpf_get_netns_cookie accepts the sock_addr context (kernel ≥ 5.7).
     let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     // SAFETY: plain value copied out of the map.
-    let config = unsafe { ENROLLED_NETNS.get(&netns) }.copied()?;
+    let enrolled = unsafe { ENROLLED_NETNS.get(&netns) }.copied();
     if socket_mark(sa) == AGENT_MARK {
-        count(stats::CONNECT_SKIPPED_MARK);
-        return None;
+        if enrolled.is_some() {
+            count(stats::CONNECT_SKIPPED_MARK);
+        }
+        return Gate::Pass;
     }
-    Some(config)
+    if let Some(config) = enrolled {
+        return Gate::Capture(config);
+    }
+    match unclassified_pod_cgroup() {
+        Some(pod) => Gate::Hold(pod),
+        None => Gate::Pass,
+    }
+}
+
+/// The calling task's pod-level cgroup if it is under the kubepods cgroup and not
+/// classified by the agent. The task's cgroup, not the socket's: the kernel gives
+/// `bpf_get_current_ancestor_cgroup_id` to cgroup/connect programs (kernel ≥ 5.7),
+/// and a pod's tasks are what the kubelet places in its cgroup.
+#[inline(always)]
+fn unclassified_pod_cgroup() -> Option<u64> {
+    let root = KUBEPODS_ROOT.get(0).copied()?;
+    if root.cgroup_id == 0 {
+        return None; // no kubepods root configured: nothing is held
+    }
+    let level = root.level as i32;
+    // SAFETY: the helper takes any level; one above the task's own gives 0.
+    let ancestor = |l: i32| unsafe { bpf_get_current_ancestor_cgroup_id(l) };
+    if ancestor(level) != root.cgroup_id {
+        return None; // outside kubepods: the node's own processes
+    }
+    let mut pod = ancestor(level.wrapping_add(1));
+    if pod != 0 && (pod == root.qos_ids[0] || pod == root.qos_ids[1]) {
+        pod = ancestor(level.wrapping_add(2));
+    }
+    if pod == 0 {
+        return None; // in kubepods or a QoS cgroup itself, not in a pod
+    }
+    // SAFETY: plain value read from the map.
+    match unsafe { POD_CGROUPS.get(&pod) } {
+        Some(&pod_verdict::CLASSIFIED) => None,
+        _ => Some(pod),
+    }
+}
+
+/// Counts and logs a held connect; the return value refuses it (the app sees EPERM).
+#[inline(always)]
+fn refuse(ctx: &SockAddrContext, pod: u64, port: u16) -> i32 {
+    count(stats::CONNECT_REFUSED_UNCLASSIFIED);
+    debug!(ctx, "connect to port {} refused: pod cgroup {} not classified yet", port, pod);
+    0
 }
 
 #[inline(always)]
@@ -113,64 +184,100 @@ fn port_excluded(port: u16) -> bool {
 
 #[cgroup_sock_addr(connect4)]
 pub fn weft_connect4(ctx: SockAddrContext) -> i32 {
-    let Some(config) = capture_config(&ctx) else {
+    let gate = gate(&ctx);
+    if matches!(gate, Gate::Pass) {
         return 1;
-    };
-    let sa = ctx.sock_addr;
-    // SAFETY: user_ip4/user_port are readable and writable in connect4.
-    unsafe {
-        let ip = (*sa).user_ip4.to_ne_bytes(); // network order in memory
-        let port = u16::from_be((*sa).user_port as u16);
-        if ip[0] == 127 || port_excluded(port) {
-            return 1;
-        }
-        let cookie = bpf_get_socket_cookie(ctx.as_ptr());
-        if ORIG_DST_BY_COOKIE.insert(&cookie, &OrigDst::v4(ip, port), 0).is_err() {
-            return 1;
-        }
-        (*sa).user_ip4 = u32::from_ne_bytes([127, 0, 0, 1]);
-        (*sa).user_port = u32::from(config.outbound_port.to_be());
-        debug!(&ctx, "connect4 {:i}:{} redirected", u32::from_be_bytes(ip), port);
     }
+    // SAFETY: user_ip4/user_port are readable in connect4.
+    let (ip, port) = unsafe {
+        let sa = ctx.sock_addr;
+        // Network order in memory, as the address bytes are.
+        ((*sa).user_ip4.to_ne_bytes(), u16::from_be((*sa).user_port as u16))
+    };
+    // Loopback and excluded ports are never captured, hence never held either.
+    if ip[0] == 127 || port_excluded(port) {
+        return 1;
+    }
+    match gate {
+        Gate::Capture(config) => redirect4(&ctx, config, ip, port),
+        Gate::Hold(pod) => refuse(&ctx, pod, port),
+        Gate::Pass => 1,
+    }
+}
+
+#[inline(always)]
+fn redirect4(ctx: &SockAddrContext, config: NetnsConfig, ip: [u8; 4], port: u16) -> i32 {
+    // SAFETY: bpf_get_socket_cookie accepts the sock_addr context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if ORIG_DST_BY_COOKIE.insert(&cookie, &OrigDst::v4(ip, port), 0).is_err() {
+        return 1;
+    }
+    // SAFETY: user_ip4/user_port are writable in connect4.
+    unsafe {
+        (*ctx.sock_addr).user_ip4 = u32::from_ne_bytes([127, 0, 0, 1]);
+        (*ctx.sock_addr).user_port = u32::from(config.outbound_port.to_be());
+    }
+    debug!(ctx, "connect4 {:i}:{} redirected", u32::from_be_bytes(ip), port);
     count(stats::CONNECT_REDIRECTED);
     1
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn weft_connect6(ctx: SockAddrContext) -> i32 {
-    let Some(config) = capture_config(&ctx) else {
+    let gate = gate(&ctx);
+    if matches!(gate, Gate::Pass) {
         return 1;
+    }
+    let mut addr = [0u8; 16];
+    // SAFETY: user_ip6/user_port are readable in connect6.
+    let (words, port) = unsafe {
+        let sa = ctx.sock_addr;
+        ((*sa).user_ip6, u16::from_be((*sa).user_port as u16))
     };
-    let sa = ctx.sock_addr;
-    // SAFETY: user_ip6/user_port are readable and writable in connect6.
+    let mut i = 0;
+    while i < 4 {
+        let b = words[i].to_ne_bytes();
+        addr[i * 4] = b[0];
+        addr[i * 4 + 1] = b[1];
+        addr[i * 4 + 2] = b[2];
+        addr[i * 4 + 3] = b[3];
+        i += 1;
+    }
+    let mapped_v4 = addr[..10] == [0; 10] && addr[10] == 0xff && addr[11] == 0xff;
+    let loopback6 = addr[..15] == [0; 15] && addr[15] == 1;
+    // Loopback and excluded ports are never captured, hence never held either.
+    if loopback6 || (mapped_v4 && addr[12] == 127) || port_excluded(port) {
+        return 1;
+    }
+    match gate {
+        Gate::Capture(config) => redirect6(&ctx, config, addr, port, mapped_v4),
+        Gate::Hold(pod) => refuse(&ctx, pod, port),
+        Gate::Pass => 1,
+    }
+}
+
+#[inline(always)]
+fn redirect6(
+    ctx: &SockAddrContext,
+    config: NetnsConfig,
+    addr: [u8; 16],
+    port: u16,
+    mapped_v4: bool,
+) -> i32 {
+    let orig = OrigDst {
+        addr,
+        port,
+        family: AF_INET6,
+        _pad: [0; 4],
+    };
+    // SAFETY: bpf_get_socket_cookie accepts the sock_addr context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if ORIG_DST_BY_COOKIE.insert(&cookie, &orig, 0).is_err() {
+        return 1;
+    }
+    // SAFETY: user_ip6/user_port are writable in connect6.
     unsafe {
-        let words = (*sa).user_ip6;
-        let mut addr = [0u8; 16];
-        let mut i = 0;
-        while i < 4 {
-            let b = words[i].to_ne_bytes();
-            addr[i * 4] = b[0];
-            addr[i * 4 + 1] = b[1];
-            addr[i * 4 + 2] = b[2];
-            addr[i * 4 + 3] = b[3];
-            i += 1;
-        }
-        let port = u16::from_be((*sa).user_port as u16);
-        let mapped_v4 = addr[..10] == [0; 10] && addr[10] == 0xff && addr[11] == 0xff;
-        let loopback6 = addr[..15] == [0; 15] && addr[15] == 1;
-        if loopback6 || (mapped_v4 && addr[12] == 127) || port_excluded(port) {
-            return 1;
-        }
-        let orig = OrigDst {
-            addr,
-            port,
-            family: AF_INET6,
-            _pad: [0; 4],
-        };
-        let cookie = bpf_get_socket_cookie(ctx.as_ptr());
-        if ORIG_DST_BY_COOKIE.insert(&cookie, &orig, 0).is_err() {
-            return 1;
-        }
+        let sa = ctx.sock_addr;
         if mapped_v4 {
             // Dual-stack socket to an IPv4 address: stay IPv4, to 127.0.0.1.
             (*sa).user_ip6[3] = u32::from_ne_bytes([127, 0, 0, 1]);
@@ -178,8 +285,8 @@ pub fn weft_connect6(ctx: SockAddrContext) -> i32 {
             (*sa).user_ip6 = [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])];
         }
         (*sa).user_port = u32::from(config.outbound_port.to_be());
-        debug!(&ctx, "connect6 to port {} redirected", port);
     }
+    debug!(ctx, "connect6 to port {} redirected", port);
     count(stats::CONNECT_REDIRECTED);
     1
 }

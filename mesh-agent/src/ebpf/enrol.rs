@@ -92,7 +92,7 @@ impl KernelPrograms {
     }
 }
 
-fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
+pub(super) fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
     match result {
         Err(MapError::KeyNotFound) => Ok(()),
         Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),

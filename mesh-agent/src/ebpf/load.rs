@@ -25,7 +25,7 @@ const CGROUP_PROGRAMS: [&str; 5] = [
     prog::CONNECT6,
 ];
 
-const PINNED_MAPS: [&str; 7] = [
+const PINNED_MAPS: [&str; 9] = [
     map_names::ENROLLED_NETNS,
     map_names::ORIG_DST_BY_COOKIE,
     map_names::ORIG_DST_BY_PORT,
@@ -33,6 +33,8 @@ const PINNED_MAPS: [&str; 7] = [
     map_names::INBOUND_CONFIG,
     map_names::EXCLUDED_PORTS,
     map_names::STATS,
+    map_names::KUBEPODS_ROOT,
+    map_names::POD_CGROUPS,
 ];
 
 #[derive(Clone, Debug)]

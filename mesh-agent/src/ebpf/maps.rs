@@ -3,8 +3,10 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use anyhow::{Context, Result};
-use aya::maps::{HashMap, Map, MapData, PerCpuArray, SockHash};
-use mesh_common::{InboundConfig, NetnsConfig, OrigDst, PodIpKey, PortKey, map_names, stats};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, SockHash};
+use mesh_common::{
+    InboundConfig, KubepodsConfig, NetnsConfig, OrigDst, PodIpKey, PortKey, map_names, stats,
+};
 
 use super::pins::PinLayout;
 
@@ -15,6 +17,10 @@ pub struct MapHandles {
     pub inbound_config: HashMap<MapData, PodIpKey, InboundConfig>,
     pub excluded_ports: HashMap<MapData, u16, u8>,
     pub counters: PerCpuArray<MapData, u64>,
+    /// The pod gate (`ebpf::gate`): where the kubelet's pod cgroups are.
+    pub kubepods_root: Array<MapData, KubepodsConfig>,
+    /// The pod gate: pod cgroup id → `mesh_common::pod_verdict`.
+    pub pod_cgroups: HashMap<MapData, u64, u32>,
 }
 
 fn open(layout: &PinLayout, name: &str) -> Result<Map> {
@@ -33,6 +39,8 @@ impl MapHandles {
             inbound_config: open(layout, map_names::INBOUND_CONFIG)?.try_into()?,
             excluded_ports: open(layout, map_names::EXCLUDED_PORTS)?.try_into()?,
             counters: open(layout, map_names::STATS)?.try_into()?,
+            kubepods_root: open(layout, map_names::KUBEPODS_ROOT)?.try_into()?,
+            pod_cgroups: open(layout, map_names::POD_CGROUPS)?.try_into()?,
         })
     }
 
@@ -73,6 +81,7 @@ impl MapHandles {
             connect_skipped_mark: sum(stats::CONNECT_SKIPPED_MARK),
             inbound_steered: sum(stats::INBOUND_STEERED),
             orig_dst_published: sum(stats::ORIG_DST_PUBLISHED),
+            connect_refused_unclassified: sum(stats::CONNECT_REFUSED_UNCLASSIFIED),
         }
     }
 }
@@ -84,6 +93,8 @@ pub struct KernelStats {
     pub connect_skipped_mark: u64,
     pub inbound_steered: u64,
     pub orig_dst_published: u64,
+    /// Connects refused because their pod was not classified yet (the pod gate).
+    pub connect_refused_unclassified: u64,
 }
 
 pub fn orig_dst_to_socket_addr(orig: &OrigDst) -> SocketAddr {

@@ -2,6 +2,7 @@
 //! and outgoing sockets inside each meshed pod's netns (DESIGN §1). A socket stays
 //! in the netns it was created in, so traffic leaves with the pod's own IP.
 
+pub mod discover;
 mod handle;
 mod sockets;
 
