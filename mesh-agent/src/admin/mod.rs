@@ -26,10 +26,9 @@ use crate::state::StateHandle;
 /// Header carrying the snapshot generation on state endpoints.
 pub const GENERATION_HEADER: &str = "x-weft-generation";
 
-/// The standard endpoints. Add more with [`Router::get`] and serve with [`serve_router`].
-pub fn router(handle: StateHandle, ready: Arc<AtomicBool>) -> Router {
-    let h1 = handle.clone();
-    let h2 = handle;
+/// The kubelet's probes (`:15021`): `/ready` (200 once the agent has its state
+/// and has enrolled the node's meshed pods) and `/healthz` (200 while it serves).
+pub fn probes_router(ready: Arc<AtomicBool>) -> Router {
     Router::new()
         .get("/ready", move |_| {
             let ready = ready.load(Ordering::Acquire);
@@ -41,6 +40,14 @@ pub fn router(handle: StateHandle, ready: Arc<AtomicBool>) -> Router {
                 }
             }
         })
+        .get("/healthz", |_| async { text(StatusCode::OK, "ok\n") })
+}
+
+/// The standard endpoints. Add more with [`Router::get`] and serve with [`serve_router`].
+pub fn router(handle: StateHandle, ready: Arc<AtomicBool>) -> Router {
+    let h1 = handle.clone();
+    let h2 = handle;
+    probes_router(ready)
         .get("/config_dump", move |_| {
             let snapshot = h1.current();
             async move { with_generation(json(&*snapshot), snapshot.generation) }
@@ -60,6 +67,20 @@ pub fn router(handle: StateHandle, ready: Arc<AtomicBool>) -> Router {
 pub fn with_certs(router: Router, certs: Option<Arc<CertManager>>) -> Router {
     router.get("/certs", move |_| {
         let list = certs.as_ref().map(|c| c.list()).unwrap_or_default();
+        async move { json(&list) }
+    })
+}
+
+/// Adds `/refused`: the objects of the cluster the agent refused, with why.
+pub fn with_refusals(
+    router: Router,
+    refusals: Arc<std::sync::RwLock<Vec<crate::config::kube::Refusal>>>,
+) -> Router {
+    router.get("/refused", move |_| {
+        let list = refusals
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         async move { json(&list) }
     })
 }

@@ -1,5 +1,7 @@
 //! Configuration errors, printed compiler-style:
-//! `error: mesh.yaml:12:7: HTTPRoute shop/reviews: spec.rules[0].backendRefs[1].weight: must be >= 0 (got -1) [document 4]`.
+//! `error: mesh.yaml:12:7: HTTPRoute shop/reviews: spec.rules[0].backendRefs[1].weight: must be >= 0 (got -1) [document 4]`;
+//! for an object of the cluster, without the file part:
+//! `error: HTTPRoute shop/reviews: spec.rules[0].backendRefs[1].weight: must be >= 0 (got -1)`.
 
 use std::{fmt, path::PathBuf};
 
@@ -24,7 +26,8 @@ impl fmt::Display for ResourceRef {
 /// One problem in the configuration. `reason` says what is wrong and what would be valid.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigError {
-    pub file: PathBuf,
+    /// The file the resource was read from; `None` for an object of the cluster.
+    pub file: Option<PathBuf>,
     /// 1-based index of the YAML document in the file.
     pub document: Option<usize>,
     /// 1-based line and column.
@@ -40,7 +43,7 @@ impl ConfigError {
     /// An error about a whole file (unreadable, ...).
     pub fn file(file: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
         ConfigError {
-            file: file.into(),
+            file: Some(file.into()),
             document: None,
             line: None,
             column: None,
@@ -53,11 +56,14 @@ impl ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "error: {}", self.file.display())?;
-        if let Some(line) = self.line {
-            write!(f, ":{line}:{}", self.column.unwrap_or(1))?;
+        f.write_str("error: ")?;
+        if let Some(file) = &self.file {
+            write!(f, "{}", file.display())?;
+            if let Some(line) = self.line {
+                write!(f, ":{line}:{}", self.column.unwrap_or(1))?;
+            }
+            f.write_str(": ")?;
         }
-        f.write_str(": ")?;
         if let Some(r) = &self.resource {
             write!(f, "{r}: ")?;
         }

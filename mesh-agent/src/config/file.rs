@@ -39,7 +39,7 @@ pub fn load_resources(paths: &[PathBuf]) -> Result<ResourceSet, ConfigErrors> {
         let file_index = |e: &ConfigError| {
             paths
                 .iter()
-                .position(|p| *p == e.file)
+                .position(|p| e.file.as_deref() == Some(p.as_path()))
                 .unwrap_or(usize::MAX)
         };
         errors.sort_by_key(|e| (file_index(e), e.document, e.line));
@@ -76,10 +76,10 @@ pub fn parse_source(
     items: &mut Vec<(Resource, Origin)>,
     errors: &mut Vec<ConfigError>,
 ) {
-    let file: Arc<Path> = Arc::from(path);
+    let file: Option<Arc<Path>> = Some(Arc::from(path));
     match parse_documents(src) {
         Err(e) => errors.push(ConfigError {
-            file: path.to_path_buf(),
+            file: Some(path.to_path_buf()),
             document: Some(e.document),
             line: Some(e.pos.line),
             column: Some(e.pos.column),

@@ -1,8 +1,11 @@
-//! The sources that feed [`crate::state`]. Today: a YAML file of Kubernetes-shaped
-//! resources ([`file`]), validated ([`validate`]) and hot-reloaded.
+//! The sources that feed [`crate::state`], over shared resource types
+//! ([`resources`]) and validators ([`validate`]): a YAML file of Kubernetes-shaped
+//! resources ([`file`], whole-file semantics, hot-reloaded) and the Kubernetes API
+//! server ([`kube`], one verdict per object).
 
 pub mod errors;
 pub mod file;
+pub mod kube;
 pub mod parse;
 pub mod resources;
 pub mod validate;

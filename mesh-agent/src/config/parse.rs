@@ -30,10 +30,12 @@ pub const KINDS: &[(&str, &str)] = &[
     ("weft.dev/v1alpha1", "TrafficPolicy"),
 ];
 
-/// Where a resource was written, to point errors at it.
+/// Where a resource was written, to point errors at it: a document of a file
+/// (with the positions of its fields), or an object of the cluster (`file: None`,
+/// no positions: errors name the resource and the field).
 #[derive(Clone, Debug)]
 pub struct Origin {
-    pub file: std::sync::Arc<Path>,
+    pub file: Option<std::sync::Arc<Path>>,
     pub document: usize,
     pub positions: std::sync::Arc<Positions>,
     pub resource: ResourceRef,
@@ -50,8 +52,8 @@ impl Origin {
                 .or_else(|| self.positions.lookup("kind")),
         };
         ConfigError {
-            file: self.file.to_path_buf(),
-            document: Some(self.document),
+            file: self.file.as_deref().map(Path::to_path_buf),
+            document: self.file.as_ref().map(|_| self.document),
             line: pos.map(|p| p.line),
             column: pos.map(|p| p.column),
             resource: Some(self.resource.clone()),
@@ -71,17 +73,36 @@ fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
 pub type Parsed = (Option<(Resource, Origin)>, Vec<ConfigError>);
 
 /// Types a document. Errors name the resource as far as it can be read.
-pub fn parse_document(file: &std::sync::Arc<Path>, doc: YamlDoc) -> Parsed {
+pub fn parse_document(file: &Option<std::sync::Arc<Path>>, doc: YamlDoc) -> Parsed {
     match parse_inner(file, doc) {
         Ok((r, o, unknown)) => (Some((r, o)), unknown),
         Err(e) => (None, e),
     }
 }
 
+/// Types an object read from the API server, with the same rules as a file's
+/// document (unknown fields are errors). What the server owns and the mesh does
+/// not read (`status`, `metadata.managedFields`) is dropped first.
+pub fn parse_object(mut value: Value) -> Parsed {
+    if let Some(obj) = value.as_object_mut() {
+        obj.remove("status");
+        if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.remove("managedFields");
+        }
+    }
+    let doc = YamlDoc {
+        index: 0,
+        start: super::yaml::Pos { line: 1, column: 1 },
+        value,
+        positions: Positions::default(),
+    };
+    parse_document(&None, doc)
+}
+
 type Typed<T> = Result<(T, Vec<ConfigError>), Vec<ConfigError>>;
 
 fn parse_inner(
-    file: &std::sync::Arc<Path>,
+    file: &Option<std::sync::Arc<Path>>,
     doc: YamlDoc,
 ) -> Result<(Resource, Origin, Vec<ConfigError>), Vec<ConfigError>> {
     let positions = std::sync::Arc::new(doc.positions);

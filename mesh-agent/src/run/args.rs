@@ -14,8 +14,19 @@ pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/weft";
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
     /// Local-mode configuration: Kubernetes-shaped YAML (watched and hot-reloaded).
-    #[arg(long, required = true)]
+    #[arg(long, required_unless_present = "kube", conflicts_with = "kube")]
     pub config: Vec<PathBuf>,
+    /// Cluster mode: take the state from the Kubernetes API server and find the
+    /// node's pods from /proc and the kubepods cgroups.
+    #[arg(long)]
+    pub kube: bool,
+    /// Cluster mode: a kubeconfig file [default: in-cluster service account, or
+    /// $KUBECONFIG].
+    #[arg(long, requires = "kube")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Where `/ready` and `/healthz` answer for the kubelet's probes.
+    #[arg(long, default_value = "0.0.0.0:15021")]
+    pub readiness_addr: SocketAddr,
     /// This node's name: the agent serves the pods scheduled on it.
     #[arg(long, env = "NODE_NAME")]
     pub node: String,

@@ -5,12 +5,14 @@
 mod args;
 mod inbound;
 mod memory;
+mod node_pods;
 mod pod_context;
 mod pods;
 mod resolve;
+mod source;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -23,8 +25,7 @@ use pods::PodManager;
 use crate::ebpf::{KernelPrograms, LoadOptions, forward_kernel_logs};
 use crate::identity::{CertConfig, CertManager, LocalCa};
 use crate::proxy::{ProxyConfig, Shared};
-use crate::state::StateHandle;
-use crate::{admin, config, telemetry};
+use crate::{admin, telemetry};
 
 pub fn main(args: RunArgs) -> Result<()> {
     args.init_logging()?;
@@ -42,11 +43,29 @@ pub fn main(args: RunArgs) -> Result<()> {
 }
 
 async fn run(args: RunArgs) -> Result<()> {
-    let snapshot = config::file::load(&args.config).map_err(|errors| {
-        anyhow::anyhow!("the configuration is invalid; nothing was started:\n{errors}")
-    })?;
-    let state = StateHandle::new(snapshot);
     let metrics = Arc::new(telemetry::Metrics::new()?);
+    let ready = Arc::new(AtomicBool::new(false));
+    let probes = tokio::net::TcpListener::bind(args.readiness_addr)
+        .await
+        .with_context(|| format!("bind the readiness server on {}", args.readiness_addr))?;
+    tokio::spawn(log_exit(
+        "readiness server",
+        admin::serve_router(probes, admin::probes_router(ready.clone())),
+    ));
+    let metrics_listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("bind the metrics server on {}", args.metrics_addr))?;
+    tokio::spawn(log_exit(
+        "metrics server",
+        telemetry::serve_metrics(metrics_listener, metrics.clone()),
+    ));
+
+    let (state, refusals) = if args.kube {
+        let (state, source) = source::start_kube(&args, metrics.clone()).await?;
+        (state, Some(source.refusals))
+    } else {
+        (source::start_file(&args, &metrics)?, None)
+    };
 
     let cgroup = args.cgroup()?;
     let mut programs = KernelPrograms::open(&LoadOptions {
@@ -57,33 +76,28 @@ async fn run(args: RunArgs) -> Result<()> {
     forward_kernel_logs(&mut programs);
     info!(origin = ?programs.origin, cgroup = %cgroup.display(), "kernel programs in place");
 
-    let ready = Arc::new(AtomicBool::new(false));
     let admin_listener = tokio::net::TcpListener::bind(args.admin_addr)
         .await
         .with_context(|| format!("bind the admin server on {}", args.admin_addr))?;
     let certs = certificates(&args, &metrics)?;
-    let admin_router =
+    let mut admin_router =
         admin::with_certs(admin::router(state.clone(), ready.clone()), certs.clone());
+    if let Some(refusals) = refusals {
+        admin_router = admin::with_refusals(admin_router, refusals);
+    }
     tokio::spawn(log_exit(
         "admin server",
         admin::serve_router(admin_listener, admin_router),
-    ));
-    let metrics_listener = tokio::net::TcpListener::bind(args.metrics_addr)
-        .await
-        .with_context(|| format!("bind the metrics server on {}", args.metrics_addr))?;
-    tokio::spawn(log_exit(
-        "metrics server",
-        telemetry::serve_metrics(metrics_listener, metrics.clone()),
-    ));
-    tokio::spawn(config::file::watch(
-        args.config.clone(),
-        state.clone(),
-        metrics.config_errors().clone(),
     ));
 
     let shared = Shared {
         metrics: metrics.clone(),
         config: Arc::new(proxy_config(&args)),
+    };
+    let node_pods = if args.kube {
+        Some(node_pods::NodePods::new(&cgroup)?)
+    } else {
+        None
     };
     let pods = PodManager::new(
         args.node.clone(),
@@ -92,12 +106,13 @@ async fn run(args: RunArgs) -> Result<()> {
         shared,
         &args.trust_domain,
         certs,
+        node_pods,
+        ready.clone(),
     )?;
     let pods_task = tokio::spawn(pods.run_until_shutdown(shutdown_signal()));
 
     tokio::spawn(memory::release_freed_memory_periodically());
-    ready.store(true, Ordering::SeqCst);
-    info!(node = %args.node, generation = state.current().generation, "agent ready");
+    info!(node = %args.node, generation = state.current().generation, "agent started");
     pods_task.await.context("pod manager")??;
     info!(
         "agent stopped; kernel programs stay pinned so pods stay captured (fail closed) until it restarts"

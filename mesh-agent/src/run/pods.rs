@@ -2,15 +2,18 @@
 //! of this node is enrolled (listeners in its netns, map entries, sk_lookup), and
 //! every pod that went away, was opted out or lost its namespace label is released.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use mesh_common::{INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, TUNNEL_PORT};
 use tracing::{debug, info, warn};
 
+use super::node_pods::{NodePods, gate};
 use super::pod_context::{NetnsDialer, OrigDstMap, PodContext};
 use super::resolve::PoolKey;
 use crate::ebpf::{InboundEnrolment, KernelPrograms, PodEnrolment};
@@ -25,6 +28,10 @@ use crate::state::{StateHandle, Workload, WorkloadKey};
 use crate::telemetry::SecurityPolicy;
 
 const BACKLOG: i32 = 1024;
+/// Cluster mode: how often the node's pods are rescanned. A new pod's connects
+/// are refused by the kernel until a scan finds and enrols it, so this bounds how
+/// long a new meshed pod waits (its app retries).
+const RESCAN: Duration = Duration::from_millis(200);
 
 /// One enrolled pod: what must be undone to release it.
 struct EnrolledPod {
@@ -56,6 +63,14 @@ pub struct PodManager {
     trust_domain: Arc<str>,
     security: SecurityPolicy,
     certs: Option<Arc<CertManager>>,
+    /// Cluster mode: pods found from the kubepods cgroups and /proc.
+    node_pods: Option<NodePods>,
+    /// Pod cgroups the kernel currently lets connect (cluster mode).
+    gated: HashSet<u64>,
+    /// Set once every meshed pod of the node that can be enrolled is.
+    ready: Arc<AtomicBool>,
+    /// The last reconcile could not enrol some pod: retry at the next rescan.
+    retry: bool,
 }
 
 impl PodManager {
@@ -66,6 +81,8 @@ impl PodManager {
         shared: Shared,
         trust_domain: &str,
         certs: Option<Arc<CertManager>>,
+        node_pods: Option<NodePods>,
+        ready: Arc<AtomicBool>,
     ) -> Result<Self> {
         let orig_dst = Arc::new(programs.orig_dst_reader()?);
         let pool = Pool::new(
@@ -88,6 +105,10 @@ impl PodManager {
                 SecurityPolicy::None
             },
             certs,
+            node_pods,
+            gated: HashSet::new(),
+            ready,
+            retry: false,
         })
     }
 
@@ -97,8 +118,14 @@ impl PodManager {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<()> {
         let mut generations = self.state.subscribe();
+        if let Some(node_pods) = &mut self.node_pods {
+            node_pods.rescan();
+            self.gated = self.programs.pod_cgroups().into_iter().collect();
+        }
         self.release_stale_kernel_state();
         self.reconcile();
+        let mut rescan = tokio::time::interval(RESCAN);
+        rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -106,7 +133,16 @@ impl PodManager {
                     if changed.is_err() {
                         break;
                     }
+                    if let Some(node_pods) = &mut self.node_pods {
+                        node_pods.rescan();
+                    }
                     self.reconcile();
+                }
+                _ = rescan.tick(), if self.node_pods.is_some() => {
+                    let changed = self.node_pods.as_mut().is_some_and(NodePods::rescan);
+                    if changed || self.retry {
+                        self.reconcile();
+                    }
                 }
                 () = &mut shutdown => break,
             }
@@ -119,12 +155,24 @@ impl PodManager {
         Ok(())
     }
 
+    /// The meshed pods of this node that can be enrolled now: with an IP and a
+    /// network namespace (a file names it; in a cluster it is discovered).
     fn desired(&self) -> HashMap<WorkloadKey, Arc<Workload>> {
         let snapshot = self.state.current();
         snapshot
             .workloads_on_node(&self.node)
-            .filter(|w| w.meshed && w.netns.is_some() && !w.ips.is_empty())
-            .map(|w| (w.key.clone(), w.clone()))
+            .filter(|w| w.meshed && !w.ips.is_empty())
+            .filter_map(|w| match &self.node_pods {
+                None => w.netns.is_some().then(|| w.clone()),
+                Some(found) => {
+                    let netns = found.netns_of(&w.uid)?;
+                    Some(Arc::new(Workload {
+                        netns: Some(netns),
+                        ..(**w).clone()
+                    }))
+                }
+            })
+            .map(|w| (w.key.clone(), w))
             .collect()
     }
 
@@ -157,6 +205,7 @@ impl PodManager {
                 }
             }
         }
+        let mut failed = 0;
         for (key, workload) in desired {
             if self.pods.contains_key(&key) {
                 continue;
@@ -167,6 +216,7 @@ impl PodManager {
                     self.pods.insert(key, pod);
                 }
                 Err(e) => {
+                    failed += 1;
                     warn!(pod = %key, error = %format!("{e:#}"), "cannot enrol pod; will retry on the next change")
                 }
             }
@@ -174,6 +224,55 @@ impl PodManager {
         for pod in self.pods.values() {
             pod.ctx.review_connections();
         }
+        self.update_gate();
+        // In a cluster, `/ready` waits until every meshed pod already on the node
+        // is enrolled (failures are retried at each rescan); a file's pods are
+        // enrolled or reported at the first reconcile.
+        self.retry = failed > 0;
+        let settled = failed == 0 || self.node_pods.is_none();
+        if settled && !self.ready.swap(true, Ordering::AcqRel) {
+            info!(enrolled = self.pods.len(), "agent ready");
+        }
+    }
+
+    /// Cluster mode: tells the kernel which pod cgroups may connect (see
+    /// `node_pods::gate`), and where the kubepods tree is.
+    fn update_gate(&mut self) {
+        let Some(node_pods) = &self.node_pods else {
+            return;
+        };
+        let Some(kubepods) = &node_pods.kubepods else {
+            return;
+        };
+        if let Err(e) = self
+            .programs
+            .set_kubepods_root(Some(kubepods.kernel_root()))
+        {
+            warn!(error = %format!("{e:#}"), "cannot tell the kernel where the pods' cgroups are");
+            return;
+        }
+        let enrolled: HashSet<String> = self
+            .pods
+            .values()
+            .map(|p| p.ctx.workload.uid.clone())
+            .collect();
+        let allowed = gate(
+            &node_pods.pods,
+            &self.state.current(),
+            &self.node,
+            &enrolled,
+        );
+        for id in allowed.difference(&self.gated) {
+            if let Err(e) = self.programs.mark_pod_cgroup(*id) {
+                warn!(cgroup_id = id, error = %format!("{e:#}"), "cannot let a pod cgroup connect");
+            }
+        }
+        for id in self.gated.difference(&allowed) {
+            if let Err(e) = self.programs.forget_pod_cgroup(*id) {
+                warn!(cgroup_id = id, error = %format!("{e:#}"), "cannot hold a pod cgroup back");
+            }
+        }
+        self.gated = allowed;
     }
 
     /// Opens the pod's listeners, puts the kernel capture in place, then starts

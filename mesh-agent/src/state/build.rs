@@ -9,7 +9,7 @@ use k8s_openapi::{
 };
 
 use super::{
-    endpoints,
+    endpoint_slices, endpoints,
     model::{MtlsMode, NamespaceInfo, ObjectKey, Service, ServicePort, TargetPort, Workload},
     policy::{AuthorizationPolicy, TrafficPolicy},
     route_build as routes,
@@ -42,7 +42,10 @@ pub fn build(set: &ResourceSet) -> Snapshot {
         })
         .collect();
     let services: Vec<Arc<Service>> = set.services.iter().map(|s| Arc::new(service(s))).collect();
-    let endpoints = endpoints::compute(&set.pods, &workloads, &services);
+    let endpoints = match &set.endpoint_slices {
+        None => endpoints::compute(&set.pods, &workloads, &services),
+        Some(slices) => endpoint_slices::compute(slices, &workloads, &services),
+    };
 
     let mut route_list: Vec<Arc<_>> = set
         .http_routes
@@ -163,6 +166,7 @@ fn workload(p: &Pod, ns: Option<&NamespaceInfo>) -> Workload {
     let labels = p.metadata.labels.clone().unwrap_or_default();
     let spec = p.spec.as_ref();
     let opted_out = labels.get(LABEL_MESH).is_some_and(|v| v == "disabled");
+    let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
     Workload {
         key: key_of(&p.metadata.namespace, &p.metadata.name),
         uid: p.metadata.uid.clone().unwrap_or_default(),
@@ -182,9 +186,10 @@ fn workload(p: &Pod, ns: Option<&NamespaceInfo>) -> Workload {
             .as_ref()
             .and_then(|a| a.get(ANNOTATION_NETNS))
             .map(PathBuf::from),
-        meshed: ns.is_some_and(|n| n.meshed) && !opted_out,
+        meshed: ns.is_some_and(|n| n.meshed) && !opted_out && !host_network,
         mtls: ns.map(|n| n.mtls).unwrap_or_default(),
         ready: pod_ready(p),
+        host_network,
         labels,
     }
 }

@@ -4,6 +4,7 @@
 //! [`ResourceSet`](crate::config::resources::ResourceSet) through [`build`].
 
 mod build;
+mod endpoint_slices;
 mod endpoints;
 mod handle;
 pub mod model;

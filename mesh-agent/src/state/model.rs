@@ -73,11 +73,15 @@ pub struct Workload {
     pub labels: BTreeMap<String, String>,
     /// Files only: annotation `weft.dev/netns`.
     pub netns: Option<PathBuf>,
-    /// The namespace opts in and the pod does not opt out.
+    /// The namespace opts in, the pod does not opt out and does not use the
+    /// node's network (`hostNetwork` pods are never enrolled).
     pub meshed: bool,
     pub mtls: MtlsMode,
     /// The pod's `Ready` condition (a pod without conditions in a file is ready).
     pub ready: bool,
+    /// `spec.hostNetwork`: the pod shares the node's netns.
+    #[serde(default)]
+    pub host_network: bool,
 }
 
 impl Workload {

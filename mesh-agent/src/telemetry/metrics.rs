@@ -123,6 +123,7 @@ pub struct Metrics {
     sent_bytes: IntCounterVec,
     received_bytes: IntCounterVec,
     config_errors: IntCounter,
+    config_rejected: IntCounterVec,
     refused: IntCounterVec,
     revoked: IntCounter,
     pool_connections: IntGauge,
@@ -162,6 +163,14 @@ impl Metrics {
             "Configuration inputs rejected as invalid",
         )?;
         registry.register(Box::new(config_errors.clone()))?;
+        let config_rejected = IntCounterVec::new(
+            Opts::new(
+                "weft_config_rejected_total",
+                "Objects of the cluster refused on their own as invalid, by kind",
+            ),
+            &["kind"],
+        )?;
+        registry.register(Box::new(config_rejected.clone()))?;
         let refused = IntCounterVec::new(
             Opts::new(
                 "weft_connections_refused_total",
@@ -187,6 +196,7 @@ impl Metrics {
             sent_bytes,
             received_bytes,
             config_errors,
+            config_rejected,
             refused,
             revoked,
             pool_connections,
@@ -216,6 +226,11 @@ impl Metrics {
 
     pub fn config_errors(&self) -> &IntCounter {
         &self.config_errors
+    }
+
+    /// `weft_config_rejected_total{kind}`: one per refused version of an object.
+    pub fn config_rejected(&self) -> &IntCounterVec {
+        &self.config_rejected
     }
 
     /// The gauge to hand to `proxy::tunnel::Pool::new`.

@@ -7,6 +7,7 @@ pub mod gateway;
 pub mod weft;
 
 pub use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+pub use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 pub use cidr::IpBlock;
 pub use duration::GatewayDuration;
@@ -32,6 +33,9 @@ pub struct ResourceSet {
     pub grpc_routes: Vec<GRPCRoute>,
     pub authorization_policies: Vec<AuthorizationPolicy>,
     pub traffic_policies: Vec<TrafficPolicy>,
+    /// In a cluster the endpoints are what the EndpointSlices say (`Some`); a file
+    /// has none, and endpoints are computed from the Services' selectors (`None`).
+    pub endpoint_slices: Option<Vec<EndpointSlice>>,
 }
 
 /// One resource of any supported kind.

@@ -24,7 +24,10 @@ fn place(o: &Origin) -> String {
         .lookup("metadata.name")
         .map(|p| format!(":{}", p.line))
         .unwrap_or_default();
-    format!("{}{pos} [document {}]", o.file.display(), o.document)
+    match &o.file {
+        Some(file) => format!("{}{pos} [document {}]", file.display(), o.document),
+        None => "the cluster".to_owned(),
+    }
 }
 
 fn ns_of(o: &Origin) -> &str {

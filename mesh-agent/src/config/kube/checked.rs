@@ -1,0 +1,142 @@
+//! Per-object verdicts for the kinds the API server cannot fully validate for us
+//! (Gateway API routes, Weft's policies): each object is typed with the file
+//! source's rules and checked by the shared validators on its own. A refused
+//! object is kept aside with its errors; every other object still applies.
+
+use kube::core::DynamicObject;
+use serde::Serialize;
+
+use crate::config::{
+    errors::{ConfigError, ResourceRef},
+    parse::parse_object,
+    resources::Resource,
+    validate::validate_object,
+};
+
+/// One object of a checked kind, as last seen.
+#[derive(Clone, Debug)]
+pub enum Checked {
+    Accepted(Resource),
+    Refused(Refusal),
+}
+
+/// An object the agent refused, and why (shown by `mesh-agent status`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Refusal {
+    pub kind: String,
+    pub namespace: Option<String>,
+    pub name: String,
+    /// Each error as `field: reason`.
+    pub errors: Vec<String>,
+}
+
+/// Types and validates one object.
+pub fn check(kind: &str, api_version: &str, obj: DynamicObject) -> Checked {
+    let name = obj.metadata.name.clone().unwrap_or_default();
+    let namespace = obj.metadata.namespace.clone();
+    let value = match serde_json::to_value(&obj) {
+        Ok(mut v) => {
+            // The dynamic type keeps `types` only when the server sent them.
+            v["apiVersion"] = api_version.into();
+            v["kind"] = kind.into();
+            v
+        }
+        Err(e) => {
+            return Checked::Refused(Refusal {
+                kind: kind.into(),
+                namespace,
+                name,
+                errors: vec![format!("cannot be read: {e}")],
+            });
+        }
+    };
+    let (typed, mut errors) = parse_object(value);
+    if let Some((resource, origin)) = &typed {
+        errors.extend(validate_object(resource, origin));
+    }
+    match typed {
+        Some((resource, _)) if errors.is_empty() => Checked::Accepted(resource),
+        _ => Checked::Refused(Refusal {
+            kind: kind.into(),
+            namespace,
+            name,
+            errors: errors.iter().map(field_and_reason).collect(),
+        }),
+    }
+}
+
+fn field_and_reason(e: &ConfigError) -> String {
+    match &e.field {
+        Some(f) => format!("{f}: {}", e.reason),
+        None => e.reason.clone(),
+    }
+}
+
+impl Refusal {
+    pub fn resource(&self) -> ResourceRef {
+        ResourceRef {
+            kind: self.kind.clone(),
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(json: serde_json::Value) -> DynamicObject {
+        serde_json::from_value(json).expect("a dynamic object")
+    }
+
+    const POLICY: (&str, &str) = ("AuthorizationPolicy", "weft.dev/v1alpha1");
+
+    #[test]
+    fn a_valid_policy_is_accepted() {
+        let obj = object(serde_json::json!({
+            "apiVersion": "weft.dev/v1alpha1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": "p", "namespace": "shop", "uid": "x", "resourceVersion": "7",
+                         "managedFields": [{"manager": "kubectl"}]},
+            "spec": {"action": "DENY", "rules": [{"from": [{"source": {"namespaces": ["other"]}}]}]},
+            "status": {"conditions": []}
+        }));
+        assert!(matches!(
+            check(POLICY.0, POLICY.1, obj),
+            Checked::Accepted(Resource::AuthorizationPolicy(_))
+        ));
+    }
+
+    #[test]
+    fn an_invalid_policy_is_refused_with_its_field() {
+        let obj = object(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "shop"},
+            "spec": {"rules": [{"from": [{"source": {"ipBlocks": ["10.0.0.0/33"]}}]}]}
+        }));
+        let Checked::Refused(r) = check(POLICY.0, POLICY.1, obj) else {
+            panic!("accepted an invalid CIDR");
+        };
+        assert_eq!(r.resource().to_string(), "AuthorizationPolicy shop/p");
+        assert!(
+            r.errors[0].starts_with("spec.rules[0].from[0].source.ipBlocks[0]"),
+            "{:?}",
+            r.errors
+        );
+    }
+
+    #[test]
+    fn an_unknown_field_is_refused() {
+        let obj = object(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "shop"},
+            "spec": {"acton": "DENY"}
+        }));
+        let Checked::Refused(r) = check(POLICY.0, POLICY.1, obj) else {
+            panic!("accepted an unknown field");
+        };
+        assert!(
+            r.errors[0].contains("unknown field `acton`"),
+            "{:?}",
+            r.errors
+        );
+    }
+}
