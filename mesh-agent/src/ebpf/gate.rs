@@ -18,7 +18,7 @@ use super::enrol::ignore_missing;
 use super::load::KernelPrograms;
 
 /// Where the kubelet's pod cgroups are, as the kernel programs need it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KubepodsRoot {
     /// The kernel's id of the kubepods cgroup (the directory's inode number).
     pub cgroup_id: u64,

@@ -19,7 +19,7 @@ mod scan;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::ebpf::KubepodsRoot;
 
@@ -56,7 +56,7 @@ fn io_error(path: impl AsRef<Path>, source: io::Error) -> DiscoverError {
 }
 
 /// The node's kubepods cgroup.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KubepodsDir {
     pub path: PathBuf,
     pub layout: KubepodsLayout,
@@ -68,7 +68,7 @@ pub struct KubepodsDir {
     pub qos: Vec<QosDir>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QosDir {
     pub class: QosClass,
     pub path: PathBuf,
@@ -95,7 +95,7 @@ impl KubepodsDir {
 }
 
 /// A pod cgroup found under kubepods.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiscoveredPod {
     pub uid: String,
     pub qos: QosClass,
@@ -112,7 +112,7 @@ pub struct DiscoveredPod {
 }
 
 /// A network namespace as a path that opens it and the inode that names it.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct NetnsRef {
     /// `/proc/<pid>/ns/net` of a process of the pod, the same across scans while
     /// that process lives. Open it (`netns::Netns::open`) to hold the netns.
@@ -121,7 +121,7 @@ pub struct NetnsRef {
 }
 
 /// A process in a pod's netns but outside its cgroup: not captured.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutsideProcess {
     pub pid: u32,
     pub comm: String,

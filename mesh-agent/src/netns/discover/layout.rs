@@ -12,10 +12,10 @@
 //! `--cgroup-root` the kubepods slice gets a prefix (`kubelet-kubepods.slice`,
 //! as in kind), and so do its children.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A pod's QoS class, which decides where the kubelet puts its cgroup.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum QosClass {
     /// Directly under kubepods.
@@ -38,7 +38,7 @@ impl QosClass {
 }
 
 /// The kubelet's cgroup driver, as the names under kubepods show it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KubepodsLayout {
     Cgroupfs,
