@@ -7,6 +7,8 @@ use clap::Args;
 use super::{Output, format_table};
 use crate::{
     admin::client::{DEFAULT_ADMIN, get, get_json},
+    config::kube::Refusal,
+    run::NodePodReport,
     state::Workload,
 };
 
@@ -32,14 +34,69 @@ pub fn run(args: StatusArgs) -> ExitCode {
 async fn status(args: &StatusArgs) -> anyhow::Result<()> {
     let ready = get(&args.admin, "/ready").await?.status == 200;
     let (workloads, generation): (Vec<Workload>, _) = get_json(&args.admin, "/workloads").await?;
+    // Cluster mode only: a file-mode agent answers 404 to these.
+    let refused: Vec<Refusal> = optional(&args.admin, "/refused").await?;
+    let node_pods: Vec<NodePodReport> = optional(&args.admin, "/node_pods").await?;
     match args.output {
         Output::Json => {
-            let v = serde_json::json!({ "ready": ready, "generation": generation, "workloads": workloads });
+            let v = serde_json::json!({
+                "ready": ready, "generation": generation, "workloads": workloads,
+                "refused": refused, "nodePods": node_pods,
+            });
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
-        Output::Table => print!("{}", format_status(ready, generation, &workloads)),
+        Output::Table => {
+            print!("{}", format_status(ready, generation, &workloads));
+            print!("{}", format_cluster(&refused, &node_pods));
+        }
     }
     Ok(())
+}
+
+async fn optional<T: serde::de::DeserializeOwned + Default>(
+    admin: &str,
+    path: &str,
+) -> anyhow::Result<T> {
+    if get(admin, path).await?.status == 404 {
+        return Ok(T::default());
+    }
+    Ok(get_json(admin, path).await?.0)
+}
+
+/// Refused objects and warnings about uncaptured processes (cluster mode).
+pub fn format_cluster(refused: &[Refusal], node_pods: &[NodePodReport]) -> String {
+    let mut out = String::new();
+    if !node_pods.is_empty() {
+        let enrolled = node_pods.iter().filter(|p| p.enrolled).count();
+        let meshed = node_pods.iter().filter(|p| p.meshed).count();
+        out.push_str(&format!(
+            "\npods on this node: {} ({meshed} meshed, {enrolled} enrolled)\n",
+            node_pods.len()
+        ));
+    }
+    for pod in node_pods {
+        if pod.meshed && !pod.enrolled && !pod.host_network {
+            out.push_str(&format!(
+                "warning: {}/{} is meshed but not enrolled yet: its connections are refused\n",
+                pod.namespace, pod.name
+            ));
+        }
+        for p in &pod.uncaptured {
+            out.push_str(&format!(
+                "warning: process {} ({}) uses the network of {}/{} from outside its cgroup ({}): its traffic is not captured\n",
+                p.pid, p.comm, pod.namespace, pod.name, p.cgroup
+            ));
+        }
+    }
+    if !refused.is_empty() {
+        out.push_str(&format!("\nrefused objects: {}\n", refused.len()));
+        for r in refused {
+            for e in &r.errors {
+                out.push_str(&format!("  {}: {e}\n", r.resource()));
+            }
+        }
+    }
+    out
 }
 
 /// The people-facing form of the status.

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 pub use args::{DEFAULT_BPFFS_DIR, RunArgs};
+pub use node_pods::NodePodReport;
 use pods::PodManager;
 
 use crate::ebpf::{KernelPrograms, LoadOptions, forward_kernel_logs};
@@ -85,10 +86,6 @@ async fn run(args: RunArgs) -> Result<()> {
     if let Some(refusals) = refusals {
         admin_router = admin::with_refusals(admin_router, refusals);
     }
-    tokio::spawn(log_exit(
-        "admin server",
-        admin::serve_router(admin_listener, admin_router),
-    ));
 
     let shared = Shared {
         metrics: metrics.clone(),
@@ -109,6 +106,13 @@ async fn run(args: RunArgs) -> Result<()> {
         node_pods,
         ready.clone(),
     )?;
+    if args.kube {
+        admin_router = with_node_pods(admin_router, pods.reports());
+    }
+    tokio::spawn(log_exit(
+        "admin server",
+        admin::serve_router(admin_listener, admin_router),
+    ));
     let pods_task = tokio::spawn(pods.run_until_shutdown(shutdown_signal()));
 
     tokio::spawn(memory::release_freed_memory_periodically());
@@ -118,6 +122,34 @@ async fn run(args: RunArgs) -> Result<()> {
         "agent stopped; kernel programs stay pinned so pods stay captured (fail closed) until it restarts"
     );
     Ok(())
+}
+
+/// Adds `/node_pods`: this node's pods as discovered, with the processes that
+/// share a meshed pod's netns from outside its cgroup (not captured).
+fn with_node_pods(
+    router: admin::Router,
+    reports: Arc<std::sync::RwLock<Vec<node_pods::NodePodReport>>>,
+) -> admin::Router {
+    router.get("/node_pods", move |_| {
+        let mut rows = reports
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        async move {
+            match tokio::task::spawn_blocking(move || {
+                node_pods::find_uncaptured(&mut rows);
+                rows
+            })
+            .await
+            {
+                Ok(rows) => admin::json(&rows),
+                Err(e) => admin::text(
+                    hyper::StatusCode::INTERNAL_SERVER_ERROR,
+                    &format!("listing the node's pods failed: {e}\n"),
+                ),
+            }
+        }
+    })
 }
 
 /// The certificate manager over the local CA, with its renewal task running;

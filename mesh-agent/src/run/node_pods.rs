@@ -84,6 +84,68 @@ impl NodePods {
     }
 }
 
+/// One pod of this node as `mesh-agent status` shows it (`/node_pods`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodePodReport {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub meshed: bool,
+    pub enrolled: bool,
+    pub host_network: bool,
+    pub cgroup: PathBuf,
+    /// The inode of the pod's netns (0: none found yet).
+    pub netns_inode: u64,
+    /// Processes in the pod's netns outside its cgroup: not captured.
+    #[serde(default)]
+    pub uncaptured: Vec<crate::netns::discover::OutsideProcess>,
+}
+
+/// The report rows for the discovered pods the state knows (sorted).
+pub fn report(
+    discovered: &HashMap<String, DiscoveredPod>,
+    snapshot: &Snapshot,
+    node: &str,
+    enrolled: &HashSet<String>,
+) -> Vec<NodePodReport> {
+    let mut rows: Vec<NodePodReport> = snapshot
+        .workloads_on_node(node)
+        .filter_map(|w| {
+            let found = discovered.get(&w.uid)?;
+            Some(NodePodReport {
+                namespace: w.key.namespace.clone(),
+                name: w.key.name.clone(),
+                uid: w.uid.clone(),
+                meshed: w.meshed,
+                enrolled: enrolled.contains(&w.uid),
+                host_network: found.host_network,
+                cgroup: found.cgroup_path.clone(),
+                netns_inode: found.netns.as_ref().map_or(0, |n| n.inode),
+                uncaptured: Vec::new(),
+            })
+        })
+        .collect();
+    rows.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    rows
+}
+
+/// Fills in the processes that share a meshed pod's netns from outside its
+/// cgroup (a full /proc walk per pod: done on request, not at every rescan).
+pub fn find_uncaptured(rows: &mut [NodePodReport]) {
+    for row in rows.iter_mut().filter(|r| r.meshed && r.netns_inode != 0) {
+        match crate::netns::discover::processes_outside_cgroup(
+            Path::new("/proc"),
+            row.netns_inode,
+            &row.cgroup,
+        ) {
+            Ok(list) => row.uncaptured = list,
+            Err(e) => {
+                debug!(pod = %row.name, error = %e, "cannot list processes outside the pod's cgroup")
+            }
+        }
+    }
+}
+
 /// The pod cgroups the kernel should let connect: each discovered pod whose UID
 /// the state places on this node and which is either not meshed (or
 /// host-network), or meshed and enrolled (`enrolled` holds UIDs). Anything else —

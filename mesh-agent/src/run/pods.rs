@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use mesh_common::{INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, TUNNEL_PORT};
 use tracing::{debug, info, warn};
 
-use super::node_pods::{NodePods, gate};
+use super::node_pods::{NodePodReport, NodePods, gate, report};
 use super::pod_context::{NetnsDialer, OrigDstMap, PodContext};
 use super::resolve::PoolKey;
 use crate::ebpf::{InboundEnrolment, KernelPrograms, PodEnrolment};
@@ -71,6 +71,8 @@ pub struct PodManager {
     ready: Arc<AtomicBool>,
     /// The last reconcile could not enrol some pod: retry at the next rescan.
     retry: bool,
+    /// Cluster mode: the node's pods for `/node_pods`.
+    reports: Arc<std::sync::RwLock<Vec<NodePodReport>>>,
 }
 
 impl PodManager {
@@ -109,7 +111,13 @@ impl PodManager {
             gated: HashSet::new(),
             ready,
             retry: false,
+            reports: Default::default(),
         })
+    }
+
+    /// What `/node_pods` serves (cluster mode; empty otherwise).
+    pub fn reports(&self) -> Arc<std::sync::RwLock<Vec<NodePodReport>>> {
+        self.reports.clone()
     }
 
     /// Reconciles on every new snapshot until `shutdown` resolves.
@@ -256,12 +264,13 @@ impl PodManager {
             .values()
             .map(|p| p.ctx.workload.uid.clone())
             .collect();
-        let allowed = gate(
-            &node_pods.pods,
-            &self.state.current(),
-            &self.node,
-            &enrolled,
-        );
+        let snapshot = self.state.current();
+        let allowed = gate(&node_pods.pods, &snapshot, &self.node, &enrolled);
+        *self
+            .reports
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            report(&node_pods.pods, &snapshot, &self.node, &enrolled);
         for id in allowed.difference(&self.gated) {
             if let Err(e) = self.programs.mark_pod_cgroup(*id) {
                 warn!(cgroup_id = id, error = %format!("{e:#}"), "cannot let a pod cgroup connect");
