@@ -153,6 +153,10 @@ pub struct KubepodsConfig {
     /// Level of the kubepods cgroup in the hierarchy.
     pub level: u32,
     pub _pad: [u8; 4],
+    /// The node's netns cookie: tasks in it (host-network pods, the agent itself,
+    /// which must reach the API server before it can classify anything) are
+    /// never held, as their traffic is never captured.
+    pub host_netns_cookie: u64,
 }
 
 /// Values of `POD_CGROUPS` (key: a pod-level cgroup id, `u64`).
@@ -198,7 +202,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<PortKey>(), 16);
         assert_eq!(core::mem::size_of::<PodIpKey>(), 16);
         assert_eq!(core::mem::size_of::<InboundConfig>(), 16);
-        assert_eq!(core::mem::size_of::<KubepodsConfig>(), 32);
+        assert_eq!(core::mem::size_of::<KubepodsConfig>(), 40);
     }
 
     #[test]

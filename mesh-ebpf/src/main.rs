@@ -132,7 +132,7 @@ fn gate(ctx: &SockAddrContext) -> Gate {
     if let Some(config) = enrolled {
         return Gate::Capture(config);
     }
-    match unclassified_pod_cgroup() {
+    match unclassified_pod_cgroup(netns) {
         Some(pod) => Gate::Hold(pod),
         None => Gate::Pass,
     }
@@ -143,10 +143,13 @@ fn gate(ctx: &SockAddrContext) -> Gate {
 /// `bpf_get_current_ancestor_cgroup_id` to cgroup/connect programs (kernel ≥ 5.7),
 /// and a pod's tasks are what the kubelet places in its cgroup.
 #[inline(always)]
-fn unclassified_pod_cgroup() -> Option<u64> {
+fn unclassified_pod_cgroup(netns: u64) -> Option<u64> {
     let root = KUBEPODS_ROOT.get(0).copied()?;
     if root.cgroup_id == 0 {
         return None; // no kubepods root configured: nothing is held
+    }
+    if netns == root.host_netns_cookie {
+        return None; // host network: never captured, so nothing can escape
     }
     let level = root.level as i32;
     // SAFETY: the helper takes any level; one above the task's own gives 0.

@@ -28,6 +28,10 @@ pub struct KubepodsRoot {
     /// of a QoS class whose cgroup is not listed here would be taken for one pod,
     /// refused until that "pod" is marked: set the root again when one appears.
     pub qos_ids: [u64; 2],
+    /// The node's netns cookie: its tasks (host-network pods, the agent) are never
+    /// held. 0 when unknown.
+    #[serde(default)]
+    pub host_netns_cookie: u64,
 }
 
 impl KernelPrograms {
@@ -39,6 +43,7 @@ impl KernelPrograms {
                 qos_ids: r.qos_ids,
                 level: r.level,
                 _pad: [0; 4],
+                host_netns_cookie: r.host_netns_cookie,
             },
             None => KubepodsConfig::default(),
         };
@@ -59,6 +64,7 @@ impl KernelPrograms {
             cgroup_id: config.cgroup_id,
             level: config.level,
             qos_ids: config.qos_ids,
+            host_netns_cookie: config.host_netns_cookie,
         }))
     }
 

@@ -90,6 +90,7 @@ impl KubepodsDir {
             cgroup_id: self.cgroup_id,
             level: self.level,
             qos_ids: [id(QosClass::Burstable), id(QosClass::BestEffort)],
+            host_netns_cookie: 0,
         }
     }
 }

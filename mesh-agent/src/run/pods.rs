@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 use super::node_pods::{NodePodReport, NodePods, gate, report};
 use super::pod_context::{NetnsDialer, OrigDstMap, PodContext};
 use super::resolve::PoolKey;
-use crate::ebpf::{InboundEnrolment, KernelPrograms, PodEnrolment};
+use crate::ebpf::{InboundEnrolment, KernelPrograms, KubepodsRoot, PodEnrolment};
 use crate::identity::{CertManager, SpiffeId};
 use crate::netns::{Netns, bind_listener, netns_cookie};
 use crate::proxy::pod::PodConnections;
@@ -73,6 +73,8 @@ pub struct PodManager {
     retry: bool,
     /// Cluster mode: the node's pods for `/node_pods`.
     reports: Arc<std::sync::RwLock<Vec<NodePodReport>>>,
+    /// The agent's own (the node's) netns cookie: never held by the pod gate.
+    host_netns_cookie: u64,
 }
 
 impl PodManager {
@@ -112,6 +114,9 @@ impl PodManager {
             ready,
             retry: false,
             reports: Default::default(),
+            host_netns_cookie: Netns::open("/proc/self/ns/net")
+                .and_then(|ns| Ok(netns_cookie(&ns)?))
+                .context("read the node's netns cookie")?,
         })
     }
 
@@ -252,13 +257,6 @@ impl PodManager {
         let Some(kubepods) = &node_pods.kubepods else {
             return;
         };
-        if let Err(e) = self
-            .programs
-            .set_kubepods_root(Some(kubepods.kernel_root()))
-        {
-            warn!(error = %format!("{e:#}"), "cannot tell the kernel where the pods' cgroups are");
-            return;
-        }
         let enrolled: HashSet<String> = self
             .pods
             .values()
@@ -271,6 +269,12 @@ impl PodManager {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) =
             report(&node_pods.pods, &snapshot, &self.node, &enrolled);
+        let root = KubepodsRoot {
+            host_netns_cookie: self.host_netns_cookie,
+            ..kubepods.kernel_root()
+        };
+        // Marks first, then the root: on a node where the gate was off, pods
+        // already running must not be refused for the moment between the two.
         for id in allowed.difference(&self.gated) {
             if let Err(e) = self.programs.mark_pod_cgroup(*id) {
                 warn!(cgroup_id = id, error = %format!("{e:#}"), "cannot let a pod cgroup connect");
@@ -282,6 +286,11 @@ impl PodManager {
             }
         }
         self.gated = allowed;
+        if self.programs.kubepods_root().ok().flatten() != Some(root)
+            && let Err(e) = self.programs.set_kubepods_root(Some(root))
+        {
+            warn!(error = %format!("{e:#}"), "cannot tell the kernel where the pods' cgroups are");
+        }
     }
 
     /// Opens the pod's listeners, puts the kernel capture in place, then starts

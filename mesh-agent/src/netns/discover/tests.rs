@@ -93,6 +93,7 @@ fn finds_a_cgroupfs_kubepods_with_its_level_and_qos_cgroups() {
             cgroup_id: inode(&kubepods),
             level: 2,
             qos_ids: [inode(&burstable), 0],
+            host_netns_cookie: 0,
         }
     );
 }
