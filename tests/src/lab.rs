@@ -20,6 +20,8 @@ pub struct Lab {
     run_dir: PathBuf,
     nodes: Vec<Node>,
     pods: Vec<Pod>,
+    /// Numbers the pods' host-side veths; never reused, as pods can be removed.
+    next_veth: usize,
     mounts: Mutex<Vec<PathBuf>>,
     children: Mutex<Vec<Child>>,
 }
@@ -36,6 +38,7 @@ impl Lab {
             id,
             nodes: Vec::new(),
             pods: Vec::new(),
+            next_veth: 0,
             mounts: Mutex::new(Vec::new()),
             children: Mutex::new(Vec::new()),
         };
@@ -91,16 +94,48 @@ impl Lab {
 
     /// Adds a pod on `node` with the given address (the next free one when `None`).
     pub fn add_pod(&mut self, node: &str, name: &str, ip: Option<Ipv4Addr>) -> Result<&Pod> {
+        let cgroup = self.cgroup.join(format!("pod-{name}"));
+        self.add_pod_in_cgroup(node, name, ip, cgroup)
+    }
+
+    /// Adds a pod whose processes go to `cgroup` (created, with its parents),
+    /// e.g. a container's cgroup in kubelet's layout.
+    pub fn add_pod_in_cgroup(
+        &mut self,
+        node: &str,
+        name: &str,
+        ip: Option<Ipv4Addr>,
+        cgroup: PathBuf,
+    ) -> Result<&Pod> {
         if self.pods.iter().any(|p| p.name == name) {
             bail!("pod {name} already exists");
         }
         let node = self.node(node)?;
-        let taken = self.pods.iter().filter(|p| p.node == node.name).count();
-        let ip = ip.unwrap_or_else(|| node.pod_ip(10 + taken as u8));
-        let veth = format!("v{}", self.pods.len());
-        let pod = Pod::create(&self.id, node, name, ip, &veth, &self.cgroup)?;
+        let ip = match ip {
+            Some(ip) => ip,
+            None => (10..=254)
+                .map(|host| node.pod_ip(host))
+                .find(|ip| !self.pods.iter().any(|p| p.ip == *ip))
+                .with_context(|| format!("no free pod address on {}", node.name))?,
+        };
+        let veth = format!("v{}", self.next_veth);
+        let pod = Pod::create(&self.id, node, name, ip, &veth, cgroup)?;
+        self.next_veth += 1;
         self.pods.push(pod);
         Ok(self.pods.last().expect("just pushed"))
+    }
+
+    /// Removes a pod before the lab ends: kills what runs in its cgroup, deletes
+    /// its netns (and so its veth) and its cgroup.
+    pub fn remove_pod(&mut self, name: &str) -> Result<()> {
+        let pos = self
+            .pods
+            .iter()
+            .position(|p| p.name == name)
+            .with_context(|| format!("no pod {name} in the lab"))?;
+        let pod = self.pods.remove(pos);
+        kill_cgroup(&pod.cgroup);
+        pod.destroy()
     }
 
     /// Waits until every bridge port of the lab forwards. A new port starts out

@@ -14,6 +14,7 @@
 mod agent;
 mod clean;
 mod exec;
+pub mod kube;
 mod lab;
 mod mesh;
 mod names;

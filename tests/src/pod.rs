@@ -28,14 +28,14 @@ impl Pod {
         name: &str,
         ip: Ipv4Addr,
         veth: &str,
-        lab_cgroup: &Path,
+        cgroup: PathBuf,
     ) -> Result<Pod> {
         let pod = Pod {
             name: name.to_string(),
             node: node.name.clone(),
             ip,
             netns: format!("{lab_id}-{name}"),
-            cgroup: lab_cgroup.join(format!("pod-{name}")),
+            cgroup,
             node_ip: node.bridge_ip(),
         };
         let ns = pod.netns.as_str();
@@ -60,7 +60,7 @@ impl Pod {
                 &node.bridge_ip().to_string(),
             ],
         )?;
-        std::fs::create_dir(&pod.cgroup)
+        std::fs::create_dir_all(&pod.cgroup)
             .with_context(|| format!("create {}", pod.cgroup.display()))?;
         Ok(pod)
     }

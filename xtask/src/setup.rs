@@ -80,7 +80,60 @@ pub fn run() -> Result<()> {
         )?;
     }
     ensure_cgroup2()?;
+    kube_binaries(&mut apt)?;
     println!("setup: everything is in place");
+    Ok(())
+}
+
+/// The test tier's control plane: etcd from Debian's `etcd-server` (3.4 serves
+/// kube-apiserver 1.37: the tests create, list and watch through it), and
+/// kube-apiserver, kube-controller-manager and kubectl built from the Go recipe
+/// in `tests/kube/` into a cache keyed by the recipe (`lab::kube::bin_dir`).
+fn kube_binaries(apt: &mut Apt) -> Result<()> {
+    if lab::kube::etcd_binary().is_err() {
+        apt.install(&["etcd-server"])?;
+        // The package enables a system etcd on the default ports where systemd
+        // runs; the tests start their own on random ports and want none.
+        if Path::new("/run/systemd/system").exists() {
+            step(
+                "stop and disable the system etcd service (the tests run their own)",
+                Command::new("systemctl").args(["disable", "--now", "etcd"]),
+            )?;
+        }
+    }
+    let bin = lab::kube::bin_dir()?;
+    if lab::kube::TOOLS
+        .iter()
+        .all(|(name, _)| bin.join(name).is_file())
+    {
+        println!("kubernetes binaries: {}", bin.display());
+        return Ok(());
+    }
+    let go = which("go")
+        .or_else(|| Some(std::path::PathBuf::from("/usr/local/go/bin/go")).filter(|p| p.is_file()))
+        .context("the Kubernetes test tier builds with Go (1.26 or newer): install it first")?;
+    // Built into a side directory and renamed: a present bin dir is a complete one.
+    let partial = bin.with_file_name("bin.partial");
+    let _ = std::fs::remove_dir_all(&partial);
+    std::fs::create_dir_all(&partial).with_context(|| format!("create {}", partial.display()))?;
+    let recipe = lab::kube::recipe_dir();
+    step(
+        &format!(
+            "build kube-apiserver, kube-controller-manager and kubectl {} from {} \
+             (the first build takes 5-10 minutes or more and ~4 GB of Go cache; later ones seconds)",
+            lab::kube::KUBE_VERSION,
+            recipe.display()
+        ),
+        Command::new(go)
+            .arg("-C")
+            .arg(&recipe)
+            .args(["build", "-ldflags", &lab::kube::build_ldflags(), "-o"])
+            .arg(format!("{}/", partial.display()))
+            .args(lab::kube::TOOLS.iter().map(|(_, package)| *package)),
+    )?;
+    std::fs::rename(&partial, &bin)
+        .with_context(|| format!("move {} to {}", partial.display(), bin.display()))?;
+    println!("kubernetes binaries: {}", bin.display());
     Ok(())
 }
 
