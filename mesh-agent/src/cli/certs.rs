@@ -1,14 +1,18 @@
-//! `mesh-agent certs` (the workload certificates a running agent holds) and
-//! `mesh-agent ca init` (a local CA for the demo, tests and small clusters).
+//! `mesh-agent certs` (the workload certificates a running agent holds),
+//! `mesh-agent ca init` (a root CA: for the CA service's Secret, or a local CA
+//! for the demo and tests) and `mesh-agent ca serve` (the CA service).
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 
 use super::{Output, format_table};
 use crate::admin::client::{DEFAULT_ADMIN, get_json};
+use crate::config::resources::duration::GatewayDuration;
+use crate::identity::ca_server::{ServeOptions, ServiceAccountRef};
 use crate::identity::{CertStatus, LocalCa};
 
 #[derive(Debug, Args)]
@@ -22,8 +26,122 @@ pub struct CertsArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum CaCommand {
-    /// Create a root CA (ca.crt, ca.key) in DIR for `mesh-agent run --ca-dir DIR`.
+    /// Create a root CA (ca.crt, ca.key) in DIR: for `ca serve --ca-dir DIR`, or
+    /// `mesh-agent run --ca-dir DIR` in local mode (lab and demo only).
     Init { dir: PathBuf },
+    /// Run the CA service: sign agents' certificate requests for the pods on
+    /// their node, and publish the trust bundle.
+    Serve(Box<ServeArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address of the HTTPS listener.
+    #[arg(long, default_value = "0.0.0.0:15012")]
+    pub listen: SocketAddr,
+    /// The CA: `ca.crt` (the signing root) and `ca.key` (a mounted Secret).
+    /// Re-read when they change.
+    #[arg(long, default_value = "/etc/weft/ca")]
+    pub ca_dir: PathBuf,
+    /// A PEM file of more roots to publish (root rotation: the next root
+    /// before the switch, the previous one after). May be missing
+    /// [default: <ca-dir>/extra-roots.pem].
+    #[arg(long)]
+    pub extra_roots: Option<PathBuf>,
+    /// The ConfigMap the trust bundle is published in (key `roots.pem`).
+    #[arg(long, default_value = "weft-trust-bundle")]
+    pub trust_bundle_configmap: String,
+    /// Namespace of the trust-bundle ConfigMap and of the `weft-ca` Service.
+    #[arg(long, default_value = "weft-system", env = "POD_NAMESPACE")]
+    pub namespace: String,
+    /// The audience agents' tokens must be for.
+    #[arg(long, default_value = "weft-ca")]
+    pub audience: String,
+    /// The agents' ServiceAccount (namespace/name): only its tokens are served.
+    #[arg(long, default_value = "weft-system/weft-agent")]
+    pub agent_service_account: ServiceAccountRef,
+    /// Trust domain of the SPIFFE ids this CA signs.
+    #[arg(long, default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// Longest lifetime of a workload certificate (Gateway API duration:
+    /// `24h`, `90m`); also the lifetime when a request asks for none.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub max_cert_lifetime: Duration,
+    /// An IP address for the serving certificate, besides the Service's DNS
+    /// names (repeatable).
+    #[arg(long = "serving-ip")]
+    pub serving_ips: Vec<IpAddr>,
+    /// A kubeconfig file [default: in-cluster service account, or $KUBECONFIG].
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// How often the CA files are checked for changes.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub poll_interval: Duration,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = s.parse::<GatewayDuration>().map_err(|e| e.to_string())?.0;
+    if d.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(d)
+}
+
+impl ServeArgs {
+    pub fn options(&self) -> ServeOptions {
+        ServeOptions {
+            listen: self.listen,
+            ca_dir: self.ca_dir.clone(),
+            extra_roots: self.extra_roots.clone(),
+            trust_bundle_configmap: self.trust_bundle_configmap.clone(),
+            namespace: self.namespace.clone(),
+            audience: self.audience.clone(),
+            agent_service_account: self.agent_service_account.clone(),
+            trust_domain: self.trust_domain.clone(),
+            max_lifetime: self.max_cert_lifetime,
+            serving_ips: self.serving_ips.clone(),
+            kubeconfig: self.kubeconfig.clone(),
+            poll_interval: self.poll_interval,
+        }
+    }
+}
+
+/// `ca serve`: logging, a runtime, the service until SIGTERM or Ctrl-C.
+fn serve(args: &ServeArgs) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false);
+    let logging = match args.log_format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    logging.map_err(|e| anyhow::anyhow!("start logging: {e}"))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("weft-ca")
+        .build()?;
+    runtime.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            result = crate::identity::ca_server::serve(args.options()) => result,
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: CA service stopping");
+                Ok(())
+            }
+            _ = tokio::signal::ctrl_c() => Ok(()),
+        }
+    })
 }
 
 pub fn run(args: CertsArgs) -> ExitCode {
@@ -50,6 +168,7 @@ pub fn ca(command: CaCommand) -> ExitCode {
                 dir.display()
             );
         })),
+        CaCommand::Serve(args) => exit(serve(&args)),
     }
 }
 

@@ -2,15 +2,21 @@
 //! pod, issued when the first such pod enrols, dropped with the last, renewed
 //! at half life (with jitter) by a background task. A renewal that fails is
 //! retried and reported at once, that is half a lifetime before expiry.
+//!
+//! The roots (the trust bundle) can change while the agent runs
+//! ([`CertManager::set_roots`]): new handshakes use the new roots; a held
+//! certificate whose root left the bundle is renewed at once.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use anyhow::Result;
+use anyhow::{Result, bail};
+use arc_swap::ArcSwap;
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -38,9 +44,11 @@ impl Default for CertConfig {
 
 /// One identity's current certificate, ready for handshakes.
 pub struct Credential {
-    pub cert: IssuedCert,
+    pub cert: Arc<IssuedCert>,
     pub server: Arc<ServerConfig>,
     renew_at: SystemTime,
+    /// The roots `server` verifies clients with.
+    roots: Arc<RootCertStore>,
 }
 
 struct Slot {
@@ -48,6 +56,8 @@ struct Slot {
     /// The last renewal error, until a renewal succeeds.
     failing: Option<String>,
     retry_at: SystemTime,
+    /// Its chain does not end at a root of the bundle any more: renew now.
+    orphaned: bool,
 }
 
 /// What `/certs` and `mesh-agent certs` show for one identity.
@@ -67,7 +77,8 @@ pub struct CertStatus {
 pub struct CertManager {
     ca: Arc<dyn CertificateAuthority>,
     config: CertConfig,
-    roots: Arc<RootCertStore>,
+    /// The trust bundle: the DER roots and the store built from them.
+    roots: ArcSwap<Roots>,
     provider: Arc<CryptoProvider>,
     slots: Mutex<HashMap<SpiffeId, Slot>>,
     expiry: IntGaugeVec,
@@ -80,7 +91,7 @@ impl CertManager {
         config: CertConfig,
         registry: &Registry,
     ) -> Result<Arc<Self>> {
-        let roots = root_store(&ca.roots())?;
+        let roots = Roots::new(ca.roots())?;
         let expiry = IntGaugeVec::new(
             Opts::new(
                 "weft_certificate_expiry_timestamp_seconds",
@@ -103,7 +114,7 @@ impl CertManager {
         Ok(Arc::new(Self {
             ca,
             config,
-            roots,
+            roots: ArcSwap::from_pointee(roots),
             provider: provider(),
             slots: Mutex::new(HashMap::new()),
             expiry,
@@ -160,10 +171,72 @@ impl CertManager {
             .ok_or_else(|| io::Error::other(format!("no certificate held for {source}")))?;
         client_config(
             &credential.cert,
-            self.roots.clone(),
+            self.roots.load().store.clone(),
             expected,
             self.provider.clone(),
         )
+    }
+
+    /// The roots peers' chains must lead to now.
+    pub fn roots(&self) -> Vec<CertificateDer<'static>> {
+        self.roots.load().certs.clone()
+    }
+
+    /// Replaces the trust bundle (the CA's roots, e.g. from the trust-bundle
+    /// ConfigMap during a root rotation). Connections made from now on verify
+    /// peers against `roots`; open ones are not touched. The CA is told too
+    /// (a remote CA verifies its server with them). A held certificate whose
+    /// chain does not end at one of the new roots is renewed at once, so that
+    /// peers which trust only the new roots accept it. An empty bundle is
+    /// refused: it would make every handshake fail.
+    pub fn set_roots(&self, roots: Vec<CertificateDer<'static>>) -> Result<()> {
+        if roots.is_empty() {
+            bail!("refusing an empty trust bundle: no peer could be verified");
+        }
+        if *self.roots.load().certs == roots {
+            return Ok(());
+        }
+        let roots = Roots::new(roots)?;
+        let count = roots.certs.len();
+        let mut orphans = Vec::new();
+        {
+            let mut slots = self.lock();
+            // The server side verifies clients with the roots it was built
+            // with: rebuild every one before changing anything.
+            let mut rebuilt = Vec::with_capacity(slots.len());
+            for (id, slot) in slots.iter() {
+                let current = &slot.current;
+                let server =
+                    server_config(&current.cert, roots.store.clone(), self.provider.clone())?;
+                rebuilt.push((
+                    id.clone(),
+                    Arc::new(Credential {
+                        cert: current.cert.clone(),
+                        server,
+                        renew_at: current.renew_at,
+                        roots: roots.store.clone(),
+                    }),
+                ));
+            }
+            for (id, credential) in rebuilt {
+                let Some(slot) = slots.get_mut(&id) else {
+                    continue;
+                };
+                if !roots.anchors(&credential.cert) {
+                    slot.orphaned = true;
+                    slot.retry_at = SystemTime::UNIX_EPOCH;
+                    orphans.push(id.to_string());
+                }
+                slot.current = credential;
+            }
+            self.ca.roots_changed(&roots.certs);
+            self.roots.store(Arc::new(roots));
+        }
+        info!(roots = count, "trust bundle replaced");
+        if !orphans.is_empty() {
+            warn!(identities = ?orphans, "certificates whose root left the trust bundle: renewing them now");
+        }
+        Ok(())
     }
 
     pub fn credential(&self, id: &SpiffeId) -> Option<Arc<Credential>> {
@@ -208,7 +281,7 @@ impl CertManager {
         let due: Vec<SpiffeId> = self
             .lock()
             .iter()
-            .filter(|(_, s)| now >= s.current.renew_at && now >= s.retry_at)
+            .filter(|(_, s)| (s.orphaned || now >= s.current.renew_at) && now >= s.retry_at)
             .map(|(id, _)| id.clone())
             .collect();
         for id in due {
@@ -245,8 +318,9 @@ impl CertManager {
 
     fn issue(&self, id: &SpiffeId) -> Result<Arc<Credential>> {
         let issued_at = SystemTime::now();
-        let cert = self.ca.issue(id, self.config.lifetime)?;
-        let server = server_config(&cert, self.roots.clone(), self.provider.clone())?;
+        let cert = Arc::new(self.ca.issue(id, self.config.lifetime)?);
+        let roots = self.roots.load().store.clone();
+        let server = server_config(&cert, roots.clone(), self.provider.clone())?;
         // Half of what is left, not of the (backdated) validity.
         let left = cert.not_after.duration_since(issued_at).unwrap_or_default();
         let renew_at = issued_at + jittered_half(left, self.config.jitter);
@@ -254,19 +328,40 @@ impl CertManager {
             cert,
             server,
             renew_at,
+            roots,
         }))
     }
 
-    fn install(&self, id: &SpiffeId, credential: Arc<Credential>) {
+    fn install(&self, id: &SpiffeId, mut credential: Arc<Credential>) {
         self.expiry
             .with_label_values(&[&id.to_string()])
             .set(unix(credential.cert.not_after) as i64);
-        self.lock().insert(
+        let mut slots = self.lock();
+        // The bundle changed while the certificate was being issued: the
+        // server side must verify clients with the new roots.
+        let roots = self.roots.load().store.clone();
+        if !Arc::ptr_eq(&roots, &credential.roots) {
+            match server_config(&credential.cert, roots.clone(), self.provider.clone()) {
+                Ok(server) => {
+                    credential = Arc::new(Credential {
+                        cert: credential.cert.clone(),
+                        server,
+                        renew_at: credential.renew_at,
+                        roots,
+                    })
+                }
+                Err(e) => {
+                    warn!(identity = %id, error = %e, "cannot rebuild the server side with the new trust bundle")
+                }
+            }
+        }
+        slots.insert(
             id.clone(),
             Slot {
                 current: credential,
                 failing: None,
                 retry_at: SystemTime::UNIX_EPOCH,
+                orphaned: false,
             },
         );
     }
@@ -274,6 +369,27 @@ impl CertManager {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SpiffeId, Slot>> {
         // Each critical section is a few map operations; a panic cannot tear it.
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A trust bundle: its roots as given and as a rustls store.
+struct Roots {
+    certs: Vec<CertificateDer<'static>>,
+    store: Arc<RootCertStore>,
+}
+
+impl Roots {
+    fn new(certs: Vec<CertificateDer<'static>>) -> Result<Self> {
+        let store = root_store(&certs)?;
+        Ok(Self { certs, store })
+    }
+
+    /// Whether `cert`'s chain ends at one of these roots (Weft's chains carry
+    /// their root last).
+    fn anchors(&self, cert: &IssuedCert) -> bool {
+        cert.chain
+            .last()
+            .is_some_and(|last| self.certs.contains(last))
     }
 }
 
