@@ -196,6 +196,17 @@ fn kubelet_emulation_endpoint_slices_and_a_token_from_a_node() -> Result<()> {
         user["extra"]["authentication.kubernetes.io/node-name"][0],
         node.object
     );
+    // And through the `kubernetes` Service's address, as in-cluster clients dial it.
+    let service = cp.forward_kubernetes_service_into(&node.netns)?;
+    let readyz = curl_in(
+        &node.netns,
+        cp.ca_cert(),
+        &token,
+        "https://10.96.0.1:443/readyz",
+        None,
+    )?;
+    assert_eq!(readyz.trim(), "ok");
+    drop(service);
     // The same through a kubeconfig with that token, as an agent would use it.
     let kubeconfig = kl.lab().run_dir().join("token.kubeconfig");
     cp.write_token_kubeconfig(&kubeconfig, &token, None)?;

@@ -10,7 +10,7 @@
 //! so bpf-linker must link LLVM 22 (`--features llvm-22`) or the objects it links
 //! are unreadable to it; bpf-linker 0.13 is the release that supports LLVM 22.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
@@ -80,37 +80,29 @@ pub fn run() -> Result<()> {
         )?;
     }
     ensure_cgroup2()?;
-    kube_binaries(&mut apt)?;
+    kube_binaries()?;
     println!("setup: everything is in place");
     Ok(())
 }
 
-/// The test tier's control plane: etcd from Debian's `etcd-server` (3.4 serves
-/// kube-apiserver 1.37: the tests create, list and watch through it), and
-/// kube-apiserver, kube-controller-manager and kubectl built from the Go recipe
-/// in `tests/kube/` into a cache keyed by the recipe (`lab::kube::bin_dir`).
-fn kube_binaries(apt: &mut Apt) -> Result<()> {
-    if lab::kube::etcd_binary().is_err() {
-        apt.install(&["etcd-server"])?;
-        // The package enables a system etcd on the default ports where systemd
-        // runs; the tests start their own on random ports and want none.
-        if Path::new("/run/systemd/system").exists() {
-            step(
-                "stop and disable the system etcd service (the tests run their own)",
-                Command::new("systemctl").args(["disable", "--now", "etcd"]),
-            )?;
-        }
-    }
+/// The test tier's control plane: kube-apiserver, kube-controller-manager and
+/// kubectl from the Go recipe in `tests/kube/`, and etcd from the one in
+/// `tests/kube/etcd/` (Debian's etcd 3.4 is below what Kubernetes 1.37
+/// supports), built into a cache keyed by the recipes (`lab::kube::bin_dir`).
+fn kube_binaries() -> Result<()> {
     let bin = lab::kube::bin_dir()?;
-    if lab::kube::TOOLS
-        .iter()
-        .all(|(name, _)| bin.join(name).is_file())
-    {
+    let tools = || {
+        lab::kube::TOOLS
+            .iter()
+            .chain([&lab::kube::ETCD_TOOL])
+            .map(|(name, _)| bin.join(name))
+    };
+    if tools().all(|path| path.is_file()) {
         println!("kubernetes binaries: {}", bin.display());
         return Ok(());
     }
     let go = which("go")
-        .or_else(|| Some(std::path::PathBuf::from("/usr/local/go/bin/go")).filter(|p| p.is_file()))
+        .or_else(|| Some(PathBuf::from("/usr/local/go/bin/go")).filter(|p| p.is_file()))
         .context("the Kubernetes test tier builds with Go (1.26 or newer): install it first")?;
     // Built into a side directory and renamed: a present bin dir is a complete one.
     let partial = bin.with_file_name("bin.partial");
@@ -124,17 +116,53 @@ fn kube_binaries(apt: &mut Apt) -> Result<()> {
             lab::kube::KUBE_VERSION,
             recipe.display()
         ),
-        Command::new(go)
+        Command::new(&go)
             .arg("-C")
             .arg(&recipe)
             .args(["build", "-ldflags", &lab::kube::build_ldflags(), "-o"])
             .arg(format!("{}/", partial.display()))
             .args(lab::kube::TOOLS.iter().map(|(_, package)| *package)),
     )?;
+    let (etcd, package) = lab::kube::ETCD_TOOL;
+    step(
+        &format!(
+            "build etcd from {} (about a minute)",
+            lab::kube::etcd_recipe_dir().display()
+        ),
+        Command::new(&go)
+            .arg("-C")
+            .arg(lab::kube::etcd_recipe_dir())
+            .args(["build", "-o"])
+            .arg(partial.join(etcd))
+            .arg(package),
+    )?;
     std::fs::rename(&partial, &bin)
         .with_context(|| format!("move {} to {}", partial.display(), bin.display()))?;
     println!("kubernetes binaries: {}", bin.display());
+    remove_older_kube_builds(&bin);
     Ok(())
+}
+
+/// Binaries of earlier recipes (other keys beside ours) are ~450 MB each.
+fn remove_older_kube_builds(bin: &Path) {
+    let Some(key_dir) = bin.parent() else { return };
+    let Some(cache) = key_dir.parent() else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(cache) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let is_key = name.len() == 12 && name.bytes().all(|b| b.is_ascii_hexdigit());
+        if is_key && entry.path() != key_dir && entry.path().join("bin").is_dir() {
+            println!(
+                "removing binaries of an older recipe: {}",
+                entry.path().display()
+            );
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 fn nix_is_root() -> bool {

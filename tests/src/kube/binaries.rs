@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 
 /// Overrides the directory of kube-apiserver, kube-controller-manager and kubectl.
 pub const BIN_ENV: &str = "WEFT_KUBE_BIN";
-/// Overrides the etcd binary (else `etcd` in the bin dir, else Debian's `/usr/bin/etcd`).
+/// Overrides the etcd binary (else `etcd` in the bin dir).
 pub const ETCD_ENV: &str = "WEFT_ETCD_BIN";
 
 /// The binaries the recipe builds: (file name, Go package).
@@ -20,6 +20,11 @@ pub const TOOLS: &[(&str, &str)] = &[
     ),
     ("kubectl", "k8s.io/kubernetes/cmd/kubectl"),
 ];
+
+/// etcd, from its own recipe in `tests/kube/etcd` (file name, Go package):
+/// Debian's etcd 3.4 runs kube-apiserver 1.37 but below its supported minimum
+/// (3.5.24) and without the watch-progress requests its watch cache uses.
+pub const ETCD_TOOL: (&str, &str) = ("etcd", "go.etcd.io/etcd/server/v3");
 
 /// The release `tests/kube/go.mod` pins; stamped into the binaries.
 pub const KUBE_VERSION: &str = "v1.37.2";
@@ -54,19 +59,25 @@ pub fn recipe_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("kube")
 }
 
-/// `/var/cache/weft/kube/<key>/bin`, where the key hashes the recipe's go.mod and
-/// go.sum: a changed recipe builds into a new directory instead of reusing
+/// The Go module that pins etcd (`tests/kube/etcd`).
+pub fn etcd_recipe_dir() -> PathBuf {
+    recipe_dir().join("etcd")
+}
+
+/// `/var/cache/weft/kube/<key>/bin`, where the key hashes both recipes' go.mod
+/// and go.sum: a changed recipe builds into a new directory instead of reusing
 /// binaries of another version. `$WEFT_KUBE_BIN` wins when set.
 pub fn bin_dir() -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os(BIN_ENV) {
         return Ok(PathBuf::from(dir));
     }
-    let recipe = recipe_dir();
     let mut hash = Fnv::default();
-    for file in ["go.mod", "go.sum"] {
-        let path = recipe.join(file);
-        let bytes = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
-        hash.write(&bytes);
+    for recipe in [recipe_dir(), etcd_recipe_dir()] {
+        for file in ["go.mod", "go.sum"] {
+            let path = recipe.join(file);
+            let bytes = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
+            hash.write(&bytes);
+        }
     }
     Ok(PathBuf::from("/var/cache/weft/kube")
         .join(format!("{:012x}", hash.0 & 0xffff_ffff_ffff))
@@ -86,23 +97,13 @@ pub fn binary(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// The etcd server: `$WEFT_ETCD_BIN`, else one built next to the Kubernetes
-/// binaries, else Debian's `etcd-server` package.
+/// The etcd server: `$WEFT_ETCD_BIN`, else the one built next to the
+/// Kubernetes binaries.
 pub fn etcd_binary() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os(ETCD_ENV) {
-        return Ok(PathBuf::from(path));
+    match std::env::var_os(ETCD_ENV) {
+        Some(path) => Ok(PathBuf::from(path)),
+        None => binary(ETCD_TOOL.0),
     }
-    let candidates = [bin_dir()?.join("etcd"), PathBuf::from("/usr/bin/etcd")];
-    candidates
-        .iter()
-        .find(|p| p.is_file())
-        .cloned()
-        .with_context(|| {
-            format!(
-                "no etcd at {candidates:?}: run `cargo xtask setup` (it installs Debian's \
-                 etcd-server) or set {ETCD_ENV}"
-            )
-        })
 }
 
 /// FNV-1a, 64 bits: a cache key that stays the same across Rust releases

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use super::binaries::{binary, etcd_binary};
-use super::certs::Pki;
+use super::certs::{KUBERNETES_SERVICE_IP, Pki};
 use super::flags;
 use super::forward::Forwarder;
 use super::kubeconfig::{Credentials, write_kubeconfig};
@@ -305,6 +305,37 @@ impl ControlPlane {
     /// `netns` to the API server: the same URL works inside and outside.
     pub fn forward_into(&self, netns: &Path) -> Result<Forwarder> {
         Forwarder::start(netns, self.apiserver_addr, self.apiserver_addr)
+    }
+
+    /// The `kubernetes` Service as a pod or a hostNetwork agent sees it:
+    /// `https://10.96.0.1:443` inside the netns at `netns` (the address is put
+    /// on its loopback), forwarded to the API server. The serving certificate
+    /// names that IP, so in-cluster clients (`KUBERNETES_SERVICE_HOST=10.96.0.1`,
+    /// `KUBERNETES_SERVICE_PORT=443`) verify it as in a cluster.
+    pub fn forward_kubernetes_service_into(&self, netns: &Path) -> Result<Forwarder> {
+        let ip = KUBERNETES_SERVICE_IP.to_string();
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--net={}", netns.display()))
+            .args([
+                "--",
+                "ip",
+                "addr",
+                "replace",
+                &format!("{ip}/32"),
+                "dev",
+                "lo",
+            ])
+            .output()
+            .context("run nsenter ip addr")?;
+        if !out.status.success() {
+            bail!(
+                "add {ip} to lo in {}: {}",
+                netns.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let listen = SocketAddr::from((KUBERNETES_SERVICE_IP, 443));
+        Forwarder::start(netns, listen, self.apiserver_addr)
     }
 
     /// A ServiceAccount token from the TokenRequest API (`kubectl create token`),

@@ -17,7 +17,8 @@ mod shared;
 mod status;
 
 pub use binaries::{
-    BIN_ENV, ETCD_ENV, KUBE_VERSION, TOOLS, bin_dir, binary, build_ldflags, etcd_binary, recipe_dir,
+    BIN_ENV, ETCD_ENV, ETCD_TOOL, KUBE_VERSION, TOOLS, bin_dir, binary, build_ldflags, etcd_binary,
+    etcd_recipe_dir, recipe_dir,
 };
 pub use certs::{CertFiles, KUBERNETES_SERVICE_IP, Pki};
 pub use cgroups::{CgroupDriver, Qos};
