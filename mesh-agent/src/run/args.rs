@@ -46,10 +46,22 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
-    /// The local CA: a directory with `ca.crt` and `ca.key` (`mesh-agent ca init DIR`
-    /// makes one).
-    #[arg(long, env = "WEFT_CA_DIR")]
-    pub ca_dir: PathBuf,
+    /// Local CA (the lab and the demo, not production: the node holds the CA's
+    /// key): a directory with `ca.crt` and `ca.key` (`mesh-agent ca init DIR`).
+    #[arg(long, env = "WEFT_CA_DIR", conflicts_with = "ca_addr")]
+    pub ca_dir: Option<PathBuf>,
+    /// The CA service (`mesh-agent ca serve`), e.g.
+    /// `https://weft-ca.weft-system.svc:15012`; cluster mode. Its trust bundle is
+    /// the ConfigMap `weft-trust-bundle` in `--ca-namespace`, watched.
+    #[arg(long, requires = "kube")]
+    pub ca_addr: Option<String>,
+    /// The projected service-account token (audience `weft-ca`) the agent shows
+    /// the CA service; re-read at every request.
+    #[arg(long, default_value = crate::identity::DEFAULT_TOKEN_FILE)]
+    pub ca_token_file: PathBuf,
+    /// Namespace of the CA service's trust bundle ConfigMap.
+    #[arg(long, default_value = crate::identity::DEFAULT_NAMESPACE)]
+    pub ca_namespace: String,
     /// Trust domain of the workloads' SPIFFE ids.
     #[arg(long, default_value = "cluster.local")]
     pub trust_domain: String,

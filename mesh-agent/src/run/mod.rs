@@ -24,7 +24,7 @@ pub use node_pods::NodePodReport;
 use pods::PodManager;
 
 use crate::ebpf::{KernelPrograms, LoadOptions, forward_kernel_logs};
-use crate::identity::{CertConfig, CertManager, LocalCa};
+use crate::identity::{self, CertConfig, CertManager, RemoteCaOptions};
 use crate::proxy::{ProxyConfig, Shared};
 use crate::{admin, telemetry};
 
@@ -61,11 +61,11 @@ async fn run(args: RunArgs) -> Result<()> {
         telemetry::serve_metrics(metrics_listener, metrics.clone()),
     ));
 
-    let (state, refusals) = if args.kube {
-        let (state, source) = source::start_kube(&args, metrics.clone()).await?;
-        (state, Some(source.refusals))
+    let (state, refusals, client) = if args.kube {
+        let (state, source, client) = source::start_kube(&args, metrics.clone()).await?;
+        (state, Some(source.refusals), Some(client))
     } else {
-        (source::start_file(&args, &metrics)?, None)
+        (source::start_file(&args, &metrics)?, None, None)
     };
 
     let cgroup = args.cgroup()?;
@@ -80,7 +80,7 @@ async fn run(args: RunArgs) -> Result<()> {
     let admin_listener = tokio::net::TcpListener::bind(args.admin_addr)
         .await
         .with_context(|| format!("bind the admin server on {}", args.admin_addr))?;
-    let certs = certificates(&args, &metrics)?;
+    let certs = certificates(&args, &metrics, client.as_ref()).await?;
     let mut admin_router =
         admin::with_certs(admin::router(state.clone(), ready.clone()), certs.clone());
     if let Some(refusals) = refusals {
@@ -152,21 +152,59 @@ fn with_node_pods(
     })
 }
 
-/// The certificate manager over the local CA, with its renewal task running;
-/// `None` when the tunnel is to run without TLS.
-fn certificates(args: &RunArgs, metrics: &telemetry::Metrics) -> Result<Option<Arc<CertManager>>> {
+/// The certificate manager over the CA service (cluster mode) or the local CA,
+/// with its renewal task running; `None` when the tunnel is to run without TLS.
+async fn certificates(
+    args: &RunArgs,
+    metrics: &telemetry::Metrics,
+    client: Option<&kube::Client>,
+) -> Result<Option<Arc<CertManager>>> {
     if args.insecure_plaintext_tunnel {
         warn!("--insecure-plaintext-tunnel: meshed traffic crosses between nodes in the clear");
         return Ok(None);
     }
-    let ca = LocalCa::load(&args.ca_dir)?;
     let config = CertConfig {
         lifetime: args.cert_lifetime,
         ..CertConfig::default()
     };
-    let certs = CertManager::new(Arc::new(ca), config, metrics.registry())?;
+    let (ca, bundle_client) = match (&args.ca_addr, &args.ca_dir, client) {
+        (Some(address), _, Some(client)) => {
+            let roots = identity::wait_for_trust_bundle(
+                client,
+                &args.ca_namespace,
+                identity::DEFAULT_TRUST_BUNDLE,
+                Duration::from_secs(2),
+                Duration::from_secs(120),
+            )
+            .await
+            .context("read the CA service's trust bundle")?;
+            let ca = identity::remote_authority(RemoteCaOptions {
+                address: address.clone(),
+                token_file: args.ca_token_file.clone(),
+                roots,
+                // Certificates are issued one after another while the pod
+                // manager reconciles: a CA that does not answer must not hold
+                // it for long.
+                timeout: Duration::from_secs(5),
+            })?;
+            info!(ca = %address, "certificates from the CA service");
+            (ca, Some(client.clone()))
+        }
+        (None, Some(dir), _) => (identity::local_authority(dir)?, None),
+        _ => anyhow::bail!(
+            "no CA: pass --ca-addr (cluster mode, the CA service) or --ca-dir (a local CA, for the lab and the demo)"
+        ),
+    };
+    let certs = CertManager::new(ca, config, metrics.registry())?;
     tokio::spawn(certs.clone().run_renewals(CancellationToken::new()));
-    info!(ca = %args.ca_dir.display(), lifetime = ?args.cert_lifetime, "local CA loaded");
+    if let Some(client) = bundle_client {
+        tokio::spawn(identity::watch_trust_bundle(
+            client,
+            args.ca_namespace.clone(),
+            identity::DEFAULT_TRUST_BUNDLE.to_owned(),
+            certs.clone(),
+        ));
+    }
     Ok(Some(certs))
 }
 

@@ -33,10 +33,10 @@ pub fn start_file(args: &RunArgs, metrics: &Metrics) -> Result<StateHandle> {
 pub async fn start_kube(
     args: &RunArgs,
     metrics: Arc<Metrics>,
-) -> Result<(StateHandle, KubeSource)> {
+) -> Result<(StateHandle, KubeSource, kube::Client)> {
     let client = kube_client(args).await?;
     let state = StateHandle::new(state::build(&ResourceSet::default()));
-    let source = config::kube::spawn(client, args.node.clone(), state.clone(), metrics);
+    let source = config::kube::spawn(client.clone(), args.node.clone(), state.clone(), metrics);
     let mut synced = source.synced.clone();
     let started = std::time::Instant::now();
     loop {
@@ -50,7 +50,7 @@ pub async fn start_kube(
         }
     }
     info!(took = ?started.elapsed(), generation = state.current().generation, "state taken from the API server");
-    Ok((state, source))
+    Ok((state, source, client))
 }
 
 async fn kube_client(args: &RunArgs) -> Result<kube::Client> {
