@@ -5,6 +5,7 @@
 mod binaries;
 mod certs;
 mod cgroups;
+mod client;
 mod control_plane;
 mod flags;
 mod forward;
