@@ -13,6 +13,7 @@
 
 mod agent;
 mod clean;
+pub mod cluster;
 mod exec;
 pub mod kube;
 mod lab;
