@@ -68,6 +68,8 @@ async fn run(args: RunArgs) -> Result<()> {
         (source::start_file(&args, &metrics)?, None, None)
     };
 
+    tokio::spawn(export_generation(state.clone(), metrics.clone()));
+
     let cgroup = args.cgroup()?;
     let mut programs = KernelPrograms::open(&LoadOptions {
         cgroup: cgroup.clone(),
@@ -122,6 +124,20 @@ async fn run(args: RunArgs) -> Result<()> {
         "agent stopped; kernel programs stay pinned so pods stay captured (fail closed) until it restarts"
     );
     Ok(())
+}
+
+/// Keeps `weft_state_generation` at the snapshot in force (how long a change takes
+/// to apply is read from it).
+async fn export_generation(state: crate::state::StateHandle, metrics: Arc<telemetry::Metrics>) {
+    let mut generations = state.subscribe();
+    loop {
+        metrics
+            .state_generation()
+            .set(state.current().generation as i64);
+        if generations.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Adds `/node_pods`: this node's pods as discovered, with the processes that

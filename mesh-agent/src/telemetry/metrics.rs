@@ -124,6 +124,7 @@ pub struct Metrics {
     received_bytes: IntCounterVec,
     config_errors: IntCounter,
     config_rejected: IntCounterVec,
+    state_generation: IntGauge,
     refused: IntCounterVec,
     revoked: IntCounter,
     pool_connections: IntGauge,
@@ -171,6 +172,11 @@ impl Metrics {
             &["kind"],
         )?;
         registry.register(Box::new(config_rejected.clone()))?;
+        let state_generation = IntGauge::new(
+            "weft_state_generation",
+            "Generation of the state snapshot in force (grows with every applied change)",
+        )?;
+        registry.register(Box::new(state_generation.clone()))?;
         let refused = IntCounterVec::new(
             Opts::new(
                 "weft_connections_refused_total",
@@ -197,6 +203,7 @@ impl Metrics {
             received_bytes,
             config_errors,
             config_rejected,
+            state_generation,
             refused,
             revoked,
             pool_connections,
@@ -226,6 +233,11 @@ impl Metrics {
 
     pub fn config_errors(&self) -> &IntCounter {
         &self.config_errors
+    }
+
+    /// `weft_state_generation`: the snapshot in force.
+    pub fn state_generation(&self) -> &IntGauge {
+        &self.state_generation
     }
 
     /// `weft_config_rejected_total{kind}`: one per refused version of an object.
