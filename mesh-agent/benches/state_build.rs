@@ -183,6 +183,7 @@ fn generate(services: usize, pods: usize, routes: usize) -> ResourceSet {
             };
             HTTPRoute {
                 metadata: meta(format!("route-{i}"), &ns_name(svc), None),
+                status: None,
                 spec: HTTPRouteSpec {
                     parent_refs: vec![ParentReference {
                         group: Some(String::new()),

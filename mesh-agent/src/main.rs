@@ -39,6 +39,8 @@ enum Command {
         #[command(subcommand)]
         command: mesh_agent::cli::certs::CaCommand,
     },
+    /// Print Weft's CustomResourceDefinitions as YAML, generated from its types.
+    Crds(mesh_agent::cli::crds::CrdsArgs),
     /// Detach and remove everything an agent pinned (uninstall); pods stop being captured.
     Reset {
         #[arg(long, default_value = mesh_agent::run::DEFAULT_BPFFS_DIR)]
@@ -54,6 +56,10 @@ fn main() -> ExitCode {
         Command::Config { command } => Ok(mesh_agent::cli::config_cmd::run(command)),
         Command::Certs(args) => Ok(mesh_agent::cli::certs::run(args)),
         Command::Ca { command } => Ok(mesh_agent::cli::certs::ca(command)),
+        Command::Crds(args) => {
+            mesh_agent::cli::crds::run(args);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Reset { bpffs_dir } => {
             mesh_agent::ebpf::remove_pins(&mesh_agent::ebpf::PinLayout::new(bpffs_dir))
                 .map(|()| ExitCode::SUCCESS)

@@ -4,6 +4,7 @@ use clap::ValueEnum;
 
 pub mod certs;
 pub mod config_cmd;
+pub mod crds;
 pub mod status;
 
 /// Runs a future on a small runtime of its own (read commands are one-shot).

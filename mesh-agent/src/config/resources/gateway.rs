@@ -3,21 +3,35 @@
 //! meaningful to the mesh; the validator rejects Gateway parents.
 //!
 //! Lists that Kubernetes marks optional are plain `Vec`s that default to empty.
+//!
+//! `mesh-agent crds --gateway-api` makes CRDs of these types for the tests' API
+//! server; users install Gateway API's own CRDs (docs/install.md).
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::duration::GatewayDuration;
+use super::{duration::GatewayDuration, weft::conditions_schema};
 
 /// `HTTPRoute` spec.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "gateway.networking.k8s.io",
     version = "v1",
     kind = "HTTPRoute",
     namespaced,
-    schema = "disabled",
-    derive = "PartialEq"
+    // The API server refuses CRDs in *.k8s.io groups without it; Gateway API's own.
+    annotation("api-approved.kubernetes.io", "https://github.com/kubernetes-sigs/gateway-api/pull/2466"),
+    category = "gateway-api",
+    status = "RouteStatus",
+    derive = "PartialEq",
+    printcolumn(name = "Hostnames", type_ = "string", json_path = ".spec.hostnames"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct HTTPRouteSpec {
@@ -30,14 +44,23 @@ pub struct HTTPRouteSpec {
 }
 
 /// `GRPCRoute` spec.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "gateway.networking.k8s.io",
     version = "v1",
     kind = "GRPCRoute",
     namespaced,
-    schema = "disabled",
-    derive = "PartialEq"
+    // The API server refuses CRDs in *.k8s.io groups without it; Gateway API's own.
+    annotation("api-approved.kubernetes.io", "https://github.com/kubernetes-sigs/gateway-api/pull/2466"),
+    category = "gateway-api",
+    status = "RouteStatus",
+    derive = "PartialEq",
+    printcolumn(name = "Hostnames", type_ = "string", json_path = ".spec.hostnames"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct GRPCRouteSpec {
@@ -50,7 +73,7 @@ pub struct GRPCRouteSpec {
 }
 
 /// `parentRefs[]`: for the mesh, `group: ""`, `kind: Service`.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ParentReference {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -66,7 +89,7 @@ pub struct ParentReference {
     pub port: Option<i32>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HTTPRouteRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -83,7 +106,7 @@ pub struct HTTPRouteRule {
     pub retry: Option<HTTPRouteRetry>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HTTPRouteMatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -96,7 +119,7 @@ pub struct HTTPRouteMatch {
     pub method: Option<HTTPMethod>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 pub struct HTTPPathMatch {
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
     pub type_: Option<PathMatchType>,
@@ -104,7 +127,7 @@ pub struct HTTPPathMatch {
     pub value: Option<String>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum PathMatchType {
     Exact,
     #[default]
@@ -113,7 +136,7 @@ pub enum PathMatchType {
 }
 
 /// A header (or query parameter) match: `type` defaults to `Exact`.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 pub struct HTTPHeaderMatch {
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
     pub type_: Option<ValueMatchType>,
@@ -121,14 +144,14 @@ pub struct HTTPHeaderMatch {
     pub value: String,
 }
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum ValueMatchType {
     #[default]
     Exact,
     RegularExpression,
 }
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum HTTPMethod {
     Get,
@@ -160,7 +183,7 @@ impl HTTPMethod {
 
 /// `filters[]` of HTTPRoute and GRPCRoute rules (GRPCRoute allows the header
 /// modifiers, `RequestMirror` and `ExtensionRef`).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HTTPRouteFilter {
     #[serde(rename = "type")]
@@ -179,7 +202,7 @@ pub struct HTTPRouteFilter {
     pub extension_ref: Option<LocalObjectReference>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum FilterType {
     RequestHeaderModifier,
     ResponseHeaderModifier,
@@ -190,7 +213,7 @@ pub enum FilterType {
     ExtensionRef,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 pub struct HeaderModifier {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub set: Vec<HTTPHeader>,
@@ -200,13 +223,13 @@ pub struct HeaderModifier {
     pub remove: Vec<String>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 pub struct HTTPHeader {
     pub name: String,
     pub value: String,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RequestMirror {
     pub backend_ref: BackendObjectReference,
@@ -216,14 +239,14 @@ pub struct RequestMirror {
     pub fraction: Option<Fraction>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 pub struct Fraction {
     pub numerator: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub denominator: Option<i32>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 pub struct BackendObjectReference {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
@@ -236,7 +259,7 @@ pub struct BackendObjectReference {
     pub port: Option<i32>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RequestRedirect {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -251,7 +274,7 @@ pub struct RequestRedirect {
     pub status_code: Option<i32>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 pub struct UrlRewrite {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
@@ -259,7 +282,7 @@ pub struct UrlRewrite {
     pub path: Option<HTTPPathModifier>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HTTPPathModifier {
     #[serde(rename = "type")]
@@ -270,13 +293,13 @@ pub struct HTTPPathModifier {
     pub replace_prefix_match: Option<String>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum PathModifierType {
     ReplaceFullPath,
     ReplacePrefixMatch,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 pub struct LocalObjectReference {
     pub group: String,
     pub kind: String,
@@ -284,7 +307,7 @@ pub struct LocalObjectReference {
 }
 
 /// `backendRefs[]`: a Service (default kind) with a port and a weight (default 1).
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 pub struct HTTPBackendRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
@@ -301,7 +324,7 @@ pub struct HTTPBackendRef {
     pub filters: Vec<HTTPRouteFilter>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HTTPRouteTimeouts {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -310,7 +333,7 @@ pub struct HTTPRouteTimeouts {
     pub backend_request: Option<GatewayDuration>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 pub struct HTTPRouteRetry {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub codes: Vec<i32>,
@@ -320,7 +343,7 @@ pub struct HTTPRouteRetry {
     pub backoff: Option<GatewayDuration>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GRPCRouteRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -333,7 +356,7 @@ pub struct GRPCRouteRule {
     pub backend_refs: Vec<HTTPBackendRef>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 pub struct GRPCRouteMatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<GRPCMethodMatch>,
@@ -341,7 +364,7 @@ pub struct GRPCRouteMatch {
     pub headers: Vec<HTTPHeaderMatch>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 pub struct GRPCMethodMatch {
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
     pub type_: Option<ValueMatchType>,
@@ -349,4 +372,22 @@ pub struct GRPCMethodMatch {
     pub service: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
+}
+
+/// Gateway API's route status: one entry per parent and controller (Weft writes
+/// `controllerName: weft.dev/mesh` with `Accepted` and `ResolvedRefs`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct RouteStatus {
+    #[serde(default)]
+    pub parents: Vec<RouteParentStatus>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteParentStatus {
+    pub parent_ref: ParentReference,
+    pub controller_name: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
 }

@@ -1,8 +1,10 @@
 //! `weft.dev/v1alpha1` custom resources: `AuthorizationPolicy` and `TrafficPolicy`.
-//! The same types produce the CRDs (`kube::CustomResourceExt::crd`) and read files.
+//! The same types produce the CRDs (`kube::CustomResourceExt::crd`, `mesh-agent
+//! crds`) and read files.
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -16,13 +18,29 @@ use super::{cidr::IpBlock, duration::GatewayDuration};
 /// policy applies to the workload, a request must match one of their rules. A
 /// policy without rules matches nothing; a rule `{}` matches everything. Inside a
 /// rule, `from` and `to` lists are ORed, fields inside one entry are ANDed.
+// Each `printcolumn(...)` repeats `type_ = "string"`: not a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "weft.dev",
     version = "v1alpha1",
     kind = "AuthorizationPolicy",
     namespaced,
-    derive = "PartialEq"
+    category = "weft",
+    doc = "Who may connect to which workloads of the namespace (Istio's semantics).",
+    status = "PolicyStatus",
+    derive = "PartialEq",
+    printcolumn(name = "Action", type_ = "string", json_path = ".spec.action"),
+    printcolumn(
+        name = "Accepted",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Accepted")].status"#
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct AuthorizationPolicySpec {
@@ -107,13 +125,29 @@ pub struct Operation {
 }
 
 /// What Gateway API lacks, for one Service of the policy's namespace.
+// Each `printcolumn(...)` repeats `type_ = "string"`: not a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "weft.dev",
     version = "v1alpha1",
     kind = "TrafficPolicy",
     namespaced,
-    derive = "PartialEq"
+    category = "weft",
+    doc = "Load balancing, outlier detection, limits, retry budget and faults for one Service.",
+    status = "PolicyStatus",
+    derive = "PartialEq",
+    printcolumn(name = "Target", type_ = "string", json_path = ".spec.targetRef.name"),
+    printcolumn(
+        name = "Accepted",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Accepted")].status"#
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct TrafficPolicySpec {
@@ -215,4 +249,46 @@ pub struct FaultDelay {
 pub struct FaultAbort {
     pub http_status: i32,
     pub percentage: f64,
+}
+
+/// Whether a policy took effect, written by the CA's elected leader (agents never
+/// write): condition `Accepted`, `True`, or `False` with the reason and message.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyStatus {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+}
+
+/// The schema of `metav1.Condition` lists, as Kubernetes publishes it (k8s-openapi
+/// builds without its `schemars` feature): a list keyed by `type`.
+pub(crate) fn conditions_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "maxItems": 8,
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["type"],
+        "items": {
+            "type": "object",
+            "required": ["type", "status", "reason", "message", "lastTransitionTime"],
+            "properties": {
+                "type": {
+                    "type": "string",
+                    "maxLength": 316,
+                    "pattern": "^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$"
+                },
+                "status": { "type": "string", "enum": ["True", "False", "Unknown"] },
+                "reason": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": 1024,
+                    "pattern": "^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+                },
+                "message": { "type": "string", "maxLength": 32768 },
+                "observedGeneration": { "type": "integer", "format": "int64", "minimum": 0 },
+                "lastTransitionTime": { "type": "string", "format": "date-time" }
+            }
+        }
+    })
 }
