@@ -53,6 +53,10 @@ struct DataPath {
 /// What `cargo xtask bench` measures.
 #[derive(clap::Args)]
 pub struct BenchArgs {
+    /// `kube`: the agent against 10,000 pods in the test API server (time to
+    /// ready, RSS, update latency) instead of the state and data-path benches.
+    #[arg(value_enum)]
+    what: Option<BenchWhat>,
     /// Only the data path in the lab (skip the state snapshot bench).
     #[arg(long)]
     data_path_only: bool,
@@ -61,14 +65,30 @@ pub struct BenchArgs {
     agent_args: Vec<String>,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum BenchWhat {
+    Kube,
+}
+
 pub fn run(args: &BenchArgs) -> Result<()> {
     setup::run()?;
+    if let Some(BenchWhat::Kube) = args.what {
+        release_binaries()?;
+        return crate::bench_kube::run();
+    }
     if !args.data_path_only {
         step(
             "state: snapshot of 10k Services, 100k Pods, 10k HTTPRoutes",
             cargo().args(["bench", "-p", "mesh-agent", "--bench", "state_build"]),
         )?;
     }
+    release_binaries()?;
+    let figures = data_path(&args.agent_args)?;
+    print_report(&figures)
+}
+
+/// Builds the release binaries and points the lab at them.
+fn release_binaries() -> Result<()> {
     step(
         "release build of the agent and the lab's tools",
         cargo().args(["build", "--release", "--workspace", "--bins"]),
@@ -80,8 +100,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         std::env::set_var("WEFT_LOAD_BIN", release.join("weft-load"));
         std::env::set_var("WEFT_LAB_LOG", "warn,mesh_agent::run=info");
     }
-    let figures = data_path(&args.agent_args)?;
-    print_report(&figures)
+    Ok(())
 }
 
 /// Rounds per agent setting; each measures the direct path, then the mesh.

@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's own automation. Each subcommand does its own set-up.
 
 mod bench;
+mod bench_kube;
 mod demo;
 mod setup;
 mod test;
