@@ -7,8 +7,8 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 version=1.37.0
 
-# The test tier's kubectl (built by `cargo xtask setup`), else the one on PATH.
-kubectl="${KUBECTL:-$(ls /var/cache/weft/kube/bin/kubectl /var/cache/weft/kube/*/bin/kubectl 2>/dev/null | head -n1 || true)}"
+# The test tier's kubectl (the newest `cargo xtask setup` built), else PATH's.
+kubectl="${KUBECTL:-$(ls -t /var/cache/weft/kube/*/bin/kubectl 2>/dev/null | head -n1 || true)}"
 kubectl="${kubectl:-kubectl}"
 if ! command -v kubernetes-validate >/dev/null; then
     python3 -m pip install --quiet "kubernetes-validate==$version"
