@@ -21,6 +21,15 @@ pub fn run() -> Result<()> {
             "warnings",
         ]),
     )?;
+    // Offline schema check of the install (the API server's dry run is in the
+    // Kubernetes tier of the tests).
+    let kubectl = lab::kube::bin_dir()?.join("kubectl");
+    step(
+        "kubernetes-validate: manifests/ against Kubernetes 1.37's schemas",
+        std::process::Command::new("bash")
+            .arg("manifests/validate.sh")
+            .env("KUBECTL", kubectl),
+    )?;
     // The end-to-end tests run the binaries that this build leaves in target/.
     step(
         "build the agent and the lab's tools",

@@ -93,21 +93,18 @@ async fn run(args: RunArgs) -> Result<()> {
         metrics: metrics.clone(),
         config: Arc::new(proxy_config(&args)),
     };
-    let node_pods = if args.kube {
-        Some(node_pods::NodePods::new(&cgroup)?)
-    } else {
-        None
-    };
-    let pods = PodManager::new(
+    let mut pods = PodManager::new(
         args.node.clone(),
         programs,
         state.clone(),
         shared,
         &args.trust_domain,
         certs,
-        node_pods,
         ready.clone(),
     )?;
+    if args.kube {
+        pods = pods.with_node_pods(node_pods::NodePods::new(&cgroup)?);
+    }
     if args.kube {
         admin_router = with_node_pods(admin_router, pods.reports());
     }

@@ -85,7 +85,6 @@ impl PodManager {
         shared: Shared,
         trust_domain: &str,
         certs: Option<Arc<CertManager>>,
-        node_pods: Option<NodePods>,
         ready: Arc<AtomicBool>,
     ) -> Result<Self> {
         let orig_dst = Arc::new(programs.orig_dst_reader()?);
@@ -109,15 +108,21 @@ impl PodManager {
                 SecurityPolicy::None
             },
             certs,
-            node_pods,
+            node_pods: None,
             gated: HashSet::new(),
             ready,
             retry: false,
             reports: Default::default(),
             host_netns_cookie: Netns::open("/proc/self/ns/net")
-                .and_then(|ns| Ok(netns_cookie(&ns)?))
+                .and_then(|ns| netns_cookie(&ns))
                 .context("read the node's netns cookie")?,
         })
+    }
+
+    /// Cluster mode: enrol the pods `node_pods` finds, and drive the pod gate.
+    pub fn with_node_pods(mut self, node_pods: NodePods) -> Self {
+        self.node_pods = Some(node_pods);
+        self
     }
 
     /// What `/node_pods` serves (cluster mode; empty otherwise).

@@ -58,7 +58,7 @@ pub(super) fn compute(
                 })
                 .collect();
             // A pod can appear in two slices while the controller moves it.
-            endpoints.sort_by(|a, b| (a.ip, a.port).cmp(&(b.ip, b.port)));
+            endpoints.sort_by_key(|e| (e.ip, e.port));
             endpoints.dedup_by(|a, b| a.ip == b.ip && a.port == b.port);
             out.push(ServiceEndpoints {
                 service: svc.key.clone(),

@@ -133,6 +133,11 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> prometheus::Result<Self> {
         let registry = Registry::new();
+        // CPU, memory and descriptors of the agent itself, under the standard
+        // `process_*` names dashboards expect.
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         let tcp = |name: &str, help: &str| -> prometheus::Result<IntCounterVec> {
             let c = IntCounterVec::new(Opts::new(name, help), &TCP_LABELS)?;
             registry.register(Box::new(c.clone()))?;

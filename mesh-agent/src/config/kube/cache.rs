@@ -51,7 +51,7 @@ impl Cache {
         for mirror in &self.checked {
             for c in mirror.values() {
                 match c {
-                    Checked::Accepted(r) => set.push(r.clone()),
+                    Checked::Accepted(r) => set.push((**r).clone()),
                     Checked::Refused(r) => refused.push(r.clone()),
                 }
             }

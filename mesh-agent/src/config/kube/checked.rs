@@ -16,7 +16,8 @@ use crate::config::{
 /// One object of a checked kind, as last seen.
 #[derive(Clone, Debug)]
 pub enum Checked {
-    Accepted(Resource),
+    /// Boxed: a mirror holds many of these, most of them small refusals or routes.
+    Accepted(Box<Resource>),
     Refused(Refusal),
 }
 
@@ -55,7 +56,7 @@ pub fn check(kind: &str, api_version: &str, obj: DynamicObject) -> Checked {
         errors.extend(validate_object(resource, origin));
     }
     match typed {
-        Some((resource, _)) if errors.is_empty() => Checked::Accepted(resource),
+        Some((resource, _)) if errors.is_empty() => Checked::Accepted(Box::new(resource)),
         _ => Checked::Refused(Refusal {
             kind: kind.into(),
             namespace,
@@ -101,10 +102,10 @@ mod tests {
             "spec": {"action": "DENY", "rules": [{"from": [{"source": {"namespaces": ["other"]}}]}]},
             "status": {"conditions": []}
         }));
-        assert!(matches!(
-            check(POLICY.0, POLICY.1, obj),
-            Checked::Accepted(Resource::AuthorizationPolicy(_))
-        ));
+        let Checked::Accepted(r) = check(POLICY.0, POLICY.1, obj) else {
+            panic!("refused a valid policy");
+        };
+        assert!(matches!(*r, Resource::AuthorizationPolicy(_)));
     }
 
     #[test]
