@@ -134,6 +134,28 @@ impl Cluster {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// Cuts every node off the API server, which keeps running (a partition
+    /// between the nodes and the control plane): the `kubernetes` Service's
+    /// forwarders go, so the agents' open connections to it are closed and new
+    /// ones refused. The CA stays reachable. Undone by
+    /// [`Cluster::restore_api_server`].
+    pub fn cut_api_server(&mut self) {
+        let api = self.klab.cp().apiserver_addr();
+        self.forwarders.retain(|f| f.target() != api);
+    }
+
+    /// Ends [`Cluster::cut_api_server`]: each node reaches the API server again.
+    pub fn restore_api_server(&mut self) -> Result<()> {
+        for node in self.klab.nodes() {
+            self.forwarders.push(
+                self.klab
+                    .cp()
+                    .forward_kubernetes_service_into(&node.netns)?,
+            );
+        }
+        Ok(())
+    }
+
     /// Waits until `check` holds, polling every 100 ms.
     pub fn wait_until(
         &self,
