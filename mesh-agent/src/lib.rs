@@ -12,4 +12,5 @@ pub mod policy;
 pub mod proxy;
 pub mod run;
 pub mod state;
+pub mod status;
 pub mod telemetry;

@@ -14,6 +14,7 @@ use crate::admin::client::{DEFAULT_ADMIN, get_json};
 use crate::config::resources::duration::GatewayDuration;
 use crate::identity::ca_server::{ServeOptions, ServiceAccountRef};
 use crate::identity::{CertStatus, LocalCa};
+use crate::status::StatusOptions;
 
 #[derive(Debug, Args)]
 pub struct CertsArgs {
@@ -80,6 +81,16 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Take part in electing the replica that writes HTTPRoute, GRPCRoute and
+    /// policy status (`--write-status=false`: never write).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub write_status: bool,
+    /// This replica's name in the status Lease [default: <hostname>-<pid>].
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    /// The Lease (in --namespace) that elects the status writer.
+    #[arg(long, default_value = crate::status::DEFAULT_LEASE)]
+    pub status_lease: String,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -111,8 +122,22 @@ impl ServeArgs {
             serving_ips: self.serving_ips.clone(),
             kubeconfig: self.kubeconfig.clone(),
             poll_interval: self.poll_interval,
+            status: self.write_status.then(|| StatusOptions {
+                identity: self.pod_name.clone().unwrap_or_else(default_identity),
+                namespace: self.namespace.clone(),
+                lease: self.status_lease.clone(),
+            }),
         }
     }
+}
+
+/// Outside a pod: unique on the host for the life of the process.
+fn default_identity() -> String {
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "weft-ca".to_owned());
+    format!("{host}-{}", std::process::id())
 }
 
 /// `ca serve`: logging, a runtime, the service until SIGTERM or Ctrl-C.
@@ -133,14 +158,13 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            result = crate::identity::ca_server::serve(args.options()) => result,
-            _ = term.recv() => {
-                tracing::info!("SIGTERM: CA service stopping");
-                Ok(())
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: CA service stopping"),
+                _ = tokio::signal::ctrl_c() => {}
             }
-            _ = tokio::signal::ctrl_c() => Ok(()),
-        }
+        };
+        crate::identity::ca_server::serve(args.options(), shutdown).await
     })
 }
 

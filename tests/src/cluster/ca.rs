@@ -34,11 +34,36 @@ impl CaService {
         ca_dir: &Path,
         spawn: impl FnOnce(Command) -> Result<u32>,
     ) -> Result<CaService> {
+        Self::launch(cp, dir, ca_dir, "weft-ca-lab", "weft-ca", spawn)
+    }
+
+    /// Another replica of the Deployment, as pod `pod_name` (its `POD_NAME`,
+    /// so its own identity in the status Lease), with its own port, kubeconfig
+    /// and log (`<dir>/<pod_name>.log`).
+    pub fn start_replica(
+        cp: &ControlPlane,
+        dir: &Path,
+        ca_dir: &Path,
+        pod_name: &str,
+        spawn: impl FnOnce(Command) -> Result<u32>,
+    ) -> Result<CaService> {
+        Self::launch(cp, dir, ca_dir, pod_name, pod_name, spawn)
+    }
+
+    /// `files`: the stem of the kubeconfig and log file names in `dir`.
+    fn launch(
+        cp: &ControlPlane,
+        dir: &Path,
+        ca_dir: &Path,
+        pod_name: &str,
+        files: &str,
+        spawn: impl FnOnce(Command) -> Result<u32>,
+    ) -> Result<CaService> {
         let container = container_spec(cp, "deployment/weft-ca")?;
         let vars = env(
             &container,
             &[
-                ("metadata.name", "weft-ca-lab"),
+                ("metadata.name", pod_name),
                 ("metadata.namespace", SYSTEM_NAMESPACE),
             ],
         )?;
@@ -69,9 +94,9 @@ impl CaService {
             "https://kubernetes.default.svc.cluster.local",
             None,
         )?;
-        let kubeconfig = dir.join("weft-ca.kubeconfig");
+        let kubeconfig = dir.join(format!("{files}.kubeconfig"));
         cp.write_token_kubeconfig(&kubeconfig, &token, None)?;
-        let log = dir.join("weft-ca.log");
+        let log = dir.join(format!("{files}.log"));
         let log_file = OpenOptions::new().create(true).append(true).open(&log)?;
         let mut cmd = Command::new(agent_binary()?);
         cmd.args(&args[1..])

@@ -10,6 +10,10 @@
 //! the API server questions; `issue` one request; `http` the server;
 //! `signer` the key material, reloaded when its files change; `bundle` the
 //! trust-bundle ConfigMap; `limit` log rate limiting.
+//!
+//! Beside the serving path, the replicas elect one that writes route and policy
+//! status (`crate::status`, `--write-status`); a failure there never stops
+//! certificate issuing.
 
 pub mod api;
 pub mod authorize;
@@ -17,7 +21,7 @@ mod bundle;
 pub mod csr;
 pub(crate) mod http;
 mod issue;
-mod limit;
+pub(crate) mod limit;
 mod review;
 pub(crate) mod signer;
 
@@ -57,6 +61,8 @@ pub struct ServeOptions {
     pub kubeconfig: Option<PathBuf>,
     /// How often the CA files are looked at.
     pub poll_interval: Duration,
+    /// Route and policy status (`None`: `--write-status=false`).
+    pub status: Option<crate::status::StatusOptions>,
 }
 
 impl ServeOptions {
@@ -72,8 +78,8 @@ impl ServeOptions {
     }
 }
 
-/// Runs the CA service until the listener fails.
-pub async fn serve(opts: ServeOptions) -> Result<()> {
+/// Runs the CA service until the listener fails or `shutdown` completes.
+pub async fn serve(opts: ServeOptions, shutdown: impl Future<Output = ()>) -> Result<()> {
     let signer = Arc::new(Signer::load(SignerFiles {
         ca_dir: opts.ca_dir.clone(),
         extra_roots: Some(
@@ -100,6 +106,11 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
         .await
         .with_context(|| format!("bind {}", opts.listen))?;
     tokio::spawn(maintain(signer.clone(), client.clone(), opts.clone()));
+    // Its own tasks: whatever happens there, the CA keeps serving.
+    let status = opts
+        .status
+        .as_ref()
+        .map(|s| crate::status::spawn(client.clone(), s));
     let service = Arc::new(issue::CaService::new(
         client,
         signer.clone(),
@@ -108,7 +119,16 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
         opts.trust_domain,
         opts.max_lifetime,
     ));
-    http::serve(listener, http::server_tls(signer)?, service).await
+    let tls = http::server_tls(signer)?;
+    tokio::select! {
+        result = http::serve(listener, tls, service) => result,
+        () = shutdown => {
+            if let Some(status) = status {
+                status.stop().await;
+            }
+            Ok(())
+        }
+    }
 }
 
 /// In-cluster configuration (or `$KUBECONFIG`), or the given kubeconfig.
