@@ -329,6 +329,12 @@ fn watch_errors(c: &Cluster, node: &str, from: u64) -> Result<Vec<(String, Strin
         .collect())
 }
 
+/// A watch error that is the API server's `410 Gone` (reason `Expired`):
+/// the resource version the watch resumes from is no longer served.
+fn is_gone(error: &str) -> bool {
+    error.contains("during watch") && error.ends_with(": Expired")
+}
+
 /// Pods the agent on `node` released since `from` (a relist that dropped
 /// them for a moment would release and enrol them again).
 fn released(c: &Cluster, node: &str, from: u64) -> Result<usize> {
@@ -626,6 +632,7 @@ fn a_forced_watch_expiry_relists_with_no_gap_in_traffic() -> Result<()> {
     // The nodes lose the API server; the agents' watches stop at the resource
     // versions they last saw.
     c.cut_api_server();
+    let cut = Instant::now();
     for (node, from) in NODES.iter().zip(&offsets) {
         c.agent(node)?
             .wait_for_log("watch failed", *from, Duration::from_secs(30))?;
@@ -660,39 +667,76 @@ fn a_forced_watch_expiry_relists_with_no_gap_in_traffic() -> Result<()> {
     c.cp().stop_apiserver()?;
     c.cp().start_apiserver()?;
     eprintln!("etcd compacted at revision {revision}; API server restarted");
+    // A partition of 30 s at least: the watches' retries reach the backoff's
+    // longest delays, as in a real outage.
+    while cut.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
     c.restore_api_server()?;
     let restored = Instant::now();
 
+    // Per node, when its AuthorizationPolicy watch was answered 410 Gone
+    // (reason Expired), and when its state had relisted: the deleted policy
+    // gone, the new one there.
+    let expired = |node: &str, from: u64| -> Result<bool> {
+        Ok(watch_errors(&c, node, from)?
+            .iter()
+            .any(|(kind, e)| kind == "AuthorizationPolicy" && is_gone(e)))
+    };
     let dump_has = |node: &str, name: &str| {
         agent_cli(&c, node, &["config", "dump", "-o", "json"])
             .is_ok_and(|d| d.contains(&format!("\"{name}\"")))
     };
-    let took = c.wait_until(
-        "the agents relist: deleted objects gone, new ones there",
-        Duration::from_secs(180),
-        || {
-            NODES
-                .iter()
-                .all(|n| dump_has(n, "deny-ghost") && !dump_has(n, "deny-other"))
-                && say(&c, ns, "other", &addr).is_ok()
-                && say(&c, ns, "client", &late).is_ok()
-        },
-    )?;
-    eprintln!("relisted within {took:?} of the API server being reachable again");
-
-    // The API server answered 410 Gone (reason Expired) to the agents' watches.
-    for (node, from) in NODES.iter().zip(&offsets) {
-        let errors = watch_errors(&c, node, *from)?;
-        let expired: Vec<&str> = errors
-            .iter()
-            .filter(|(_, e)| e.contains("during watch") && e.ends_with(": Expired"))
-            .map(|(kind, _)| kind.as_str())
-            .collect();
-        eprintln!("410 Gone on {node} for {expired:?}");
+    let mut expired_at = [None; NODES.len()];
+    let mut relisted_at = [None; NODES.len()];
+    while expired_at.iter().chain(&relisted_at).any(Option::is_none) {
         ensure!(
-            expired.contains(&"AuthorizationPolicy"),
-            "no 410 for the AuthorizationPolicy watch on {node}; its watch errors since the cut: {errors:?}"
+            restored.elapsed() < Duration::from_secs(180),
+            "no 410 and relist within 180 s of the restore: 410 {expired_at:?}, relisted {relisted_at:?}"
         );
+        for (i, (node, from)) in NODES.iter().zip(&offsets).enumerate() {
+            if expired_at[i].is_none() && expired(node, *from)? {
+                expired_at[i] = Some(Instant::now());
+            }
+            if relisted_at[i].is_none()
+                && dump_has(node, "deny-ghost")
+                && !dump_has(node, "deny-other")
+            {
+                relisted_at[i] = Some(Instant::now());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for (i, node) in NODES.iter().enumerate() {
+        let (gone, relisted) = (expired_at[i].unwrap(), relisted_at[i].unwrap());
+        let after_410 = relisted.saturating_duration_since(gone);
+        eprintln!(
+            "{node}: 410 {:?} after the restore, relisted {after_410:?} later",
+            gone - restored
+        );
+        // The API server is back and asks for a relist: not a reason to wait
+        // out the outage's backoff (25 s or more by now).
+        ensure!(
+            after_410 < Duration::from_secs(15),
+            "{node} relisted {after_410:?} after the 410"
+        );
+    }
+    let took = c.wait_until(
+        "the relisted state in the data path",
+        Duration::from_secs(60),
+        || say(&c, ns, "other", &addr).is_ok() && say(&c, ns, "client", &late).is_ok(),
+    )?;
+    eprintln!(
+        "relisted within {:?} of the API server being reachable again",
+        restored.elapsed() - took
+    );
+    for (node, from) in NODES.iter().zip(&offsets) {
+        let kinds: Vec<String> = watch_errors(&c, node, *from)?
+            .into_iter()
+            .filter(|(_, e)| is_gone(e))
+            .map(|(kind, _)| kind)
+            .collect();
+        eprintln!("410 Gone on {node} for {kinds:?}");
     }
 
     let probes = prober.stop()?;

@@ -10,8 +10,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
+use kube::runtime::watcher::watcher;
 use kube::runtime::watcher::{self, Event};
-use kube::runtime::{WatchStreamExt, watcher::watcher};
 use rustls::pki_types::CertificateDer;
 use tracing::{debug, error, info, warn};
 
@@ -119,7 +119,8 @@ pub async fn watch_trust_bundle(
 ) {
     let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let mut events = watcher(api, config).default_backoff().boxed();
+    // The cluster source's backoff: a 410 after an outage relists at once.
+    let mut events = crate::config::kube::backoff(watcher(api, config).boxed()).boxed();
     while let Some(event) = events.next().await {
         let config_map = match event {
             Ok(Event::Apply(cm) | Event::InitApply(cm)) => cm,

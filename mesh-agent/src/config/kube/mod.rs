@@ -5,7 +5,8 @@
 //!
 //! - Watch errors are retried with kube-rs's default backoff (0.8 s doubling to
 //!   30 s, jittered); a `410 Gone` makes the watcher relist, and a relist is
-//!   swapped in whole ([`mirror`]). Bookmarks are requested (kube-rs default).
+//!   swapped in whole ([`mirror`]). A `410` restarts the backoff ([`backoff`]).
+//!   Bookmarks are requested (kube-rs default).
 //! - While the API server is unreachable nothing is published: the last good
 //!   snapshot, and so the data path, stays as it is. Reconnecting relists.
 //! - Routes and policies get per-object verdicts ([`checked`]): an invalid one is
@@ -23,11 +24,12 @@ use std::fmt::Debug;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::utils::Backoff;
+use kube::runtime::watcher::{self, DefaultBackoff};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, watch};
@@ -170,7 +172,7 @@ fn spawn_watch<K, T>(
 {
     let shared = shared.clone();
     tokio::spawn(async move {
-        let mut stream = watcher(api, config).default_backoff().boxed();
+        let mut stream = backoff(watcher::watcher(api, config).boxed()).boxed();
         let mut absent_warned = false;
         while let Some(item) = stream.next().await {
             match item {
@@ -209,6 +211,48 @@ fn key<K: Resource>(obj: &K) -> String {
     }
 }
 
+/// Spaces out a watcher's retries with kube-rs's default backoff (0.8 s
+/// doubling to 30 s, plus up to as much again of jitter; every event resets
+/// it), except that a `410 Gone` starts it over. The watcher answers a 410 by
+/// relisting, and the API server that sent it is up: after an outage the
+/// watch that reconnects is usually answered 410 (its resource version is
+/// older than the restarted watch cache), and with the backoff left at the
+/// outage's delays the relist, and every change since, would wait up to
+/// another minute. (client-go's reflector keeps two backoffs for the same
+/// reason: one for connecting, one between relists.)
+pub fn backoff<S, T>(stream: S) -> impl Stream<Item = watcher::Result<T>> + Send
+where
+    S: Stream<Item = watcher::Result<T>> + Send + Unpin,
+    T: Send,
+{
+    let start = (stream, DefaultBackoff::default(), None);
+    futures_util::stream::unfold(start, |(mut stream, mut backoff, delay)| async move {
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
+        let item = stream.next().await?;
+        let delay = match &item {
+            Ok(_) => {
+                backoff.reset();
+                None
+            }
+            Err(e) => Some(retry_delay(&mut backoff, e)),
+        };
+        Some((item, (stream, backoff, delay)))
+    })
+}
+
+/// The wait after `error` before the watcher goes on.
+fn retry_delay(backoff: &mut impl Backoff, error: &watcher::Error) -> Duration {
+    // The watch event path only: kube-rs relists after it. (A 410 answering the
+    // watch request itself would be retried from the same resource version.)
+    if matches!(error, watcher::Error::WatchError(s) if s.code == 410) {
+        backoff.reset();
+    }
+    // The default backoff never gives up.
+    backoff.next().unwrap_or(Duration::from_secs(30))
+}
+
 fn is_not_served(e: &watcher::Error) -> bool {
     matches!(e, watcher::Error::InitialListFailed(kube::Error::Api(s)) if s.code == 404)
 }
@@ -245,5 +289,42 @@ async fn publish(
             info!(generation, pods, "cluster state synced");
         }
         synced.send_replace(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn watch_error(code: u16, reason: &str) -> watcher::Error {
+        watcher::Error::WatchError(Box::new(kube::core::Status {
+            code,
+            reason: reason.into(),
+            ..Default::default()
+        }))
+    }
+
+    /// Six failures in a row (an API server away for 30 s or so).
+    fn after_an_outage() -> DefaultBackoff {
+        let mut backoff = DefaultBackoff::default();
+        let down = watcher::Error::NoResourceVersion;
+        let delays: Vec<Duration> = (0..6).map(|_| retry_delay(&mut backoff, &down)).collect();
+        assert!(delays[0] < Duration::from_millis(1600), "{delays:?}");
+        assert!(delays[5] >= Duration::from_millis(25_600), "{delays:?}");
+        backoff
+    }
+
+    #[test]
+    fn a_410_starts_the_backoff_over() {
+        let mut backoff = after_an_outage();
+        let relist = retry_delay(&mut backoff, &watch_error(410, "Expired"));
+        assert!(relist < Duration::from_millis(1600), "{relist:?}");
+    }
+
+    #[test]
+    fn other_errors_keep_backing_off() {
+        let mut backoff = after_an_outage();
+        let next = retry_delay(&mut backoff, &watch_error(500, "InternalError"));
+        assert!(next >= Duration::from_secs(30), "{next:?}");
     }
 }
