@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mesh_agent::cli::Output;
 
 #[derive(Parser)]
 #[command(name = "mesh-agent", version, about = "Weft's node agent")]
@@ -17,14 +16,9 @@ struct Cli {
 enum Command {
     /// Run the agent: load the kernel programs, capture meshed pods, proxy their traffic.
     Run(Box<mesh_agent::run::RunArgs>),
-    /// Check every kernel prerequisite and print a pass/fail table.
-    Check {
-        #[arg(short, long, value_enum, default_value_t)]
-        output: Output,
-        /// bpffs directory the agent would pin under.
-        #[arg(long, default_value = mesh_agent::run::DEFAULT_BPFFS_DIR)]
-        bpffs_dir: PathBuf,
-    },
+    /// Check this node's kernel prerequisites, or with --kubeconfig an installed
+    /// mesh (CRDs, agents, CA, clocks); prints a pass/fail table.
+    Check(mesh_agent::check::CheckArgs),
     /// Show what a running agent holds (generation, workloads).
     Status(mesh_agent::cli::status::StatusArgs),
     /// Validate configuration files, or dump a running agent's state.
@@ -51,7 +45,7 @@ enum Command {
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Run(args) => mesh_agent::run::main(*args).map(|()| ExitCode::SUCCESS),
-        Command::Check { output, bpffs_dir } => mesh_agent::check::main(output, &bpffs_dir),
+        Command::Check(args) => mesh_agent::check::main(args),
         Command::Status(args) => Ok(mesh_agent::cli::status::run(args)),
         Command::Config { command } => Ok(mesh_agent::cli::config_cmd::run(command)),
         Command::Certs(args) => Ok(mesh_agent::cli::certs::run(args)),

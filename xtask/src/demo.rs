@@ -6,11 +6,11 @@ use lab::{MeshLab, agent_binary};
 
 use crate::{cargo, setup, step};
 
-fn say(text: &str) {
+pub(crate) fn say(text: &str) {
     println!("\n==> {text}");
 }
 
-fn show(out: std::process::Output) {
+pub(crate) fn show(out: std::process::Output) {
     print!("{}", String::from_utf8_lossy(&out.stdout));
     eprint!("{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_kube;
 mod demo;
+mod demo_kube;
 mod setup;
 mod test;
 
@@ -24,7 +25,12 @@ enum Command {
     /// and a check that the lab left nothing behind.
     Test,
     /// Build everything and show Weft working in a lab of two nodes.
-    Demo,
+    Demo {
+        /// Weft on a local Kubernetes control plane instead: installed from
+        /// manifests/, a namespace opted in, mTLS, `mesh-agent check --kubeconfig`.
+        #[arg(long)]
+        kube: bool,
+    },
     /// Measure the performance budgets (ratios against baselines taken in the same run).
     Bench(bench::BenchArgs),
     /// The netns lab.
@@ -44,7 +50,8 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Setup => setup::run(),
         Command::Test => test::run(),
-        Command::Demo => demo::run(),
+        Command::Demo { kube: false } => demo::run(),
+        Command::Demo { kube: true } => demo_kube::run(),
         Command::Bench(args) => bench::run(&args),
         Command::Lab {
             command: LabCommand::Clean,

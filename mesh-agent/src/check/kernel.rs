@@ -1,16 +1,13 @@
-//! `mesh-agent check`: every kernel prerequisite, each with a pass/fail verdict and,
-//! when it fails, what to do about it.
+//! `mesh-agent check` on a node: every kernel prerequisite, each with a
+//! pass/fail verdict and, when it fails, what to do about it.
 
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
-use anyhow::Result;
 use aya::EbpfLoader;
 use aya::programs::Program;
 use mesh_common::program_names as prog;
-use serde::Serialize;
 
-use crate::cli::{Output, print_table};
+use super::report::{Check, Report};
 use crate::ebpf::object::OBJECT;
 
 const MIN_KERNEL: (u32, u32) = (5, 10);
@@ -21,88 +18,13 @@ const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_BPF: u32 = 39;
 
-#[derive(Debug, Serialize)]
-pub struct Check {
-    pub name: String,
-    pub ok: bool,
-    pub detail: String,
-    /// What to do when it fails.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub fix: Option<String>,
-}
-
-impl Check {
-    fn pass(name: impl Into<String>, detail: impl Into<String>) -> Self {
-        Check {
-            name: name.into(),
-            ok: true,
-            detail: detail.into(),
-            fix: None,
-        }
-    }
-
-    fn fail(name: impl Into<String>, detail: impl Into<String>, fix: impl Into<String>) -> Self {
-        Check {
-            name: name.into(),
-            ok: false,
-            detail: detail.into(),
-            fix: Some(fix.into()),
-        }
-    }
-}
-
-#[derive(Debug, Serialize)]
-pub struct Report {
-    pub ok: bool,
-    pub checks: Vec<Check>,
-}
-
 /// Runs every check. Program loading is tried even when an earlier check failed, so
 /// one run shows everything that is wrong.
 pub fn run_checks(bpffs_dir: &Path) -> Report {
     let mut checks = vec![kernel_version(), btf(), bpffs(bpffs_dir), cgroup_v2()];
     checks.extend(capabilities());
     checks.extend(programs_load());
-    Report {
-        ok: checks.iter().all(|c| c.ok),
-        checks,
-    }
-}
-
-pub fn main(output: Output, bpffs_dir: &Path) -> Result<ExitCode> {
-    let report = run_checks(bpffs_dir);
-    match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-        Output::Table => {
-            let rows: Vec<Vec<String>> = report
-                .checks
-                .iter()
-                .map(|c| {
-                    let verdict = if c.ok { "pass" } else { "FAIL" };
-                    vec![c.name.clone(), verdict.into(), c.detail.clone()]
-                })
-                .collect();
-            print_table(&["CHECK", "RESULT", "DETAIL"], &rows);
-            for c in report.checks.iter().filter(|c| !c.ok) {
-                if let Some(fix) = &c.fix {
-                    println!("\n{}: {fix}", c.name);
-                }
-            }
-            println!(
-                "\n{}",
-                if report.ok {
-                    "all checks passed"
-                } else {
-                    "some checks failed"
-                }
-            );
-        }
-    }
-    Ok(if report.ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Report::new(checks)
 }
 
 fn kernel_version() -> Check {

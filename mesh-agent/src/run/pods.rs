@@ -242,6 +242,10 @@ impl PodManager {
         for pod in self.pods.values() {
             pod.ctx.review_connections();
         }
+        self.shared
+            .metrics
+            .enrolled_pods()
+            .set(self.pods.len() as i64);
         self.update_gate();
         // In a cluster, `/ready` waits until every meshed pod already on the node
         // is enrolled (failures are retried at each rescan); a file's pods are

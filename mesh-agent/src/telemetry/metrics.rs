@@ -128,6 +128,7 @@ pub struct Metrics {
     refused: IntCounterVec,
     revoked: IntCounter,
     pool_connections: IntGauge,
+    enrolled_pods: IntGauge,
 }
 
 impl Metrics {
@@ -200,6 +201,11 @@ impl Metrics {
             "Open pooled tunnel (HTTP/2) connections",
         )?;
         registry.register(Box::new(pool_connections.clone()))?;
+        let enrolled_pods = IntGauge::new(
+            "weft_enrolled_pods",
+            "Pods of this node the agent has enrolled (captured into the mesh)",
+        )?;
+        registry.register(Box::new(enrolled_pods.clone()))?;
         Ok(Self {
             registry,
             opened,
@@ -212,6 +218,7 @@ impl Metrics {
             refused,
             revoked,
             pool_connections,
+            enrolled_pods,
         })
     }
 
@@ -253,6 +260,11 @@ impl Metrics {
     /// The gauge to hand to `proxy::tunnel::Pool::new`.
     pub fn pool_connections(&self) -> &IntGauge {
         &self.pool_connections
+    }
+
+    /// `weft_enrolled_pods`, set by the pod manager after each reconcile.
+    pub fn enrolled_pods(&self) -> &IntGauge {
+        &self.enrolled_pods
     }
 
     pub fn registry(&self) -> &Registry {

@@ -17,6 +17,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 use super::install::{SYSTEM_NAMESPACE, argv, container_spec, env, flag_value, substitute};
+use super::pod_status::{report_agent_ready, wait_ready};
 use crate::agent::agent_binary;
 use crate::kube::{ControlPlane, KUBERNETES_SERVICE_IP, KubeNode};
 use crate::pod::in_cgroup_and_netns;
@@ -39,7 +40,8 @@ pub struct AgentFiles {
 }
 
 impl KubeAgent {
-    /// Starts the agent of `node` and waits until its `/ready` is 200.
+    /// Starts the agent of `node`, waits until its `/ready` is 200, and reports
+    /// its DaemonSet pod Running and Ready, as the kubelet would.
     pub fn start(
         cp: &ControlPlane,
         node: &KubeNode,
@@ -111,6 +113,14 @@ impl KubeAgent {
             pod,
         };
         agent.wait_for_log("agent ready", start_offset, Duration::from_secs(60))?;
+        // The kubelet's part: the readiness probe passes, the pod is Ready, and
+        // the DaemonSet's status counts it (`mesh-agent check` reads that).
+        let readiness = flag_value(&args, "--readiness-addr")
+            .and_then(|a| a.rsplit(':').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(15021);
+        wait_ready(&node.netns, readiness, Duration::from_secs(30))?;
+        report_agent_ready(cp, &agent.pod.0, node.ip, &container, pid)?;
         Ok(agent)
     }
 

@@ -5,6 +5,7 @@
 mod agent;
 mod ca;
 mod install;
+mod pod_status;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -36,6 +37,7 @@ impl Cluster {
         }
         let dir = klab.lab().run_dir().to_path_buf();
         let ca = CaService::start(klab.cp(), &dir, &ca_dir, |cmd| klab.spawn(cmd))?;
+        pod_status::report_ca_pods_ready(klab.cp())?;
         let mut forwarders = Vec::new();
         for node in klab.nodes() {
             forwarders.push(klab.cp().forward_kubernetes_service_into(&node.netns)?);

@@ -29,3 +29,4 @@ pub use forward::Forwarder;
 pub use kubeconfig::{Credentials, write_kubeconfig};
 pub use kubelet::{KubeLab, KubeNode};
 pub use pods::{Container, KubePod};
+pub use status::{ContainerState, now_rfc3339, pod_status};
