@@ -463,11 +463,14 @@ fn authorization_policies_from_kubectl_deny_then_allow_and_an_invalid_one_is_ref
     let reason = "port must be between 1 and 65535 (got 0)";
     let listed = format!("AuthorizationPolicy {ns}/{invalid}: {field}: {reason}");
     for node in NODES {
+        // Each agent has its watch: node a's may trail b's, which decided above.
+        c.wait_until(
+            &format!("mesh-agent status on {node} lists the refused policy"),
+            Duration::from_secs(30),
+            || agent_cli(&c, node, &["status"]).is_ok_and(|s| s.contains(&listed)),
+        )?;
         let status = agent_cli(&c, node, &["status"])?;
-        ensure!(
-            status.contains("refused objects:") && status.contains(&listed),
-            "mesh-agent status on {node} lists the refused policy:\n{status}"
-        );
+        ensure!(status.contains("refused objects:"), "{status}");
         let json: Value = serde_json::from_str(&agent_cli(&c, node, &["status", "-o", "json"])?)?;
         let refused = json["refused"].as_array().context("no refused list")?;
         ensure!(
