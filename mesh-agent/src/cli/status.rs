@@ -94,6 +94,12 @@ pub fn format_cluster(refused: &[Refusal], node_pods: &[NodePodReport]) -> Strin
             for e in &r.errors {
                 out.push_str(&format!("  {}: {e}\n", r.resource()));
             }
+            if r.previous_in_force {
+                out.push_str(&format!(
+                    "  {}: its last valid version stays in force\n",
+                    r.resource()
+                ));
+            }
         }
     }
     out

@@ -5,7 +5,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::{
-    checked::{Checked, Refusal},
+    checked::{Kept, Refusal},
     mirror::Mirror,
 };
 use crate::config::resources::ResourceSet;
@@ -17,7 +17,7 @@ pub struct Cache {
     pub services: Mirror<Service>,
     pub endpoint_slices: Mirror<EndpointSlice>,
     /// HTTPRoute, GRPCRoute, AuthorizationPolicy, TrafficPolicy: one mirror each.
-    pub checked: Vec<Mirror<Checked>>,
+    pub checked: Vec<Mirror<Kept>>,
 }
 
 impl Cache {
@@ -49,10 +49,12 @@ impl Cache {
         };
         let mut refused = Vec::new();
         for mirror in &self.checked {
-            for c in mirror.values() {
-                match c {
-                    Checked::Accepted(r) => set.push((**r).clone()),
-                    Checked::Refused(r) => refused.push(r.clone()),
+            for kept in mirror.values() {
+                if let Some(r) = &kept.in_force {
+                    set.push((**r).clone());
+                }
+                if let Some(r) = &kept.refusal {
+                    refused.push(r.clone());
                 }
             }
         }
@@ -68,7 +70,7 @@ mod tests {
     use kube::runtime::watcher::Event;
 
     use super::*;
-    use crate::config::kube::checked::check;
+    use crate::config::kube::checked::{Kept, check};
 
     fn policy(name: &str, cidr: &str) -> kube::core::DynamicObject {
         serde_json::from_value(serde_json::json!({
@@ -81,9 +83,10 @@ mod tests {
     #[test]
     fn one_refused_object_does_not_block_the_others() {
         let mut cache = Cache::new(1);
-        let store = |o: kube::core::DynamicObject| {
+        let store = |o: kube::core::DynamicObject, previous: Option<&Kept>| {
             let key = o.metadata.name.clone().unwrap_or_default();
-            Some((key, check("AuthorizationPolicy", "weft.dev/v1alpha1", o)))
+            let checked = check("AuthorizationPolicy", "weft.dev/v1alpha1", o);
+            Some((key, Kept::after(checked, previous)))
         };
         let key = |o: &kube::core::DynamicObject| o.metadata.name.clone().unwrap_or_default();
         let m = &mut cache.checked[0];

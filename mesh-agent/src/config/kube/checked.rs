@@ -29,6 +29,47 @@ pub struct Refusal {
     pub name: String,
     /// Each error as `field: reason`.
     pub errors: Vec<String>,
+    /// An earlier valid version of the object stays in force.
+    #[serde(default)]
+    pub previous_in_force: bool,
+}
+
+/// What the cluster source keeps of one object: the version in force, and why
+/// its latest version was refused, if it was. An invalid update never undoes
+/// the last valid version (a DENY policy edited into an invalid one keeps
+/// denying), as the file source keeps its last valid file.
+#[derive(Clone, Debug)]
+pub struct Kept {
+    pub in_force: Option<Box<Resource>>,
+    pub refusal: Option<Refusal>,
+}
+
+impl Kept {
+    /// The kept form after `checked`, given what was kept of the previous version.
+    pub fn after(checked: Checked, previous: Option<&Kept>) -> Kept {
+        match checked {
+            Checked::Accepted(r) => Kept {
+                in_force: Some(r),
+                refusal: None,
+            },
+            Checked::Refused(mut refusal) => {
+                let in_force = previous.and_then(|p| p.in_force.clone());
+                refusal.previous_in_force = in_force.is_some();
+                Kept {
+                    in_force,
+                    refusal: Some(refusal),
+                }
+            }
+        }
+    }
+
+    /// Whether this refusal is news (not the same as the previous version's,
+    /// as after a relist): only news is logged and counted.
+    pub fn refusal_is_new(&self, previous: Option<&Kept>) -> bool {
+        self.refusal.is_some()
+            && previous.and_then(|p| p.refusal.as_ref()).map(|r| &r.errors)
+                != self.refusal.as_ref().map(|r| &r.errors)
+    }
 }
 
 /// Types and validates one object.
@@ -48,6 +89,7 @@ pub fn check(kind: &str, api_version: &str, obj: DynamicObject) -> Checked {
                 namespace,
                 name,
                 errors: vec![format!("cannot be read: {e}")],
+                previous_in_force: false,
             });
         }
     };
@@ -62,6 +104,7 @@ pub fn check(kind: &str, api_version: &str, obj: DynamicObject) -> Checked {
             namespace,
             name,
             errors: errors.iter().map(field_and_reason).collect(),
+            previous_in_force: false,
         }),
     }
 }
@@ -123,6 +166,43 @@ mod tests {
             "{:?}",
             r.errors
         );
+    }
+
+    #[test]
+    fn an_invalid_update_keeps_the_last_valid_version_in_force() {
+        let valid = object(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "shop"},
+            "spec": {"action": "DENY", "rules": [{}]}
+        }));
+        let invalid = object(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "shop"},
+            "spec": {"action": "DENY", "rules": [{"to": [{"operation": {"ports": [0]}}]}]}
+        }));
+        let first = Kept::after(check(POLICY.0, POLICY.1, valid), None);
+        assert!(first.refusal.is_none() && first.in_force.is_some());
+        let second = Kept::after(check(POLICY.0, POLICY.1, invalid.clone()), Some(&first));
+        assert!(second.in_force.is_some(), "the valid DENY stays in force");
+        let refusal = second.refusal.as_ref().expect("refused");
+        assert!(refusal.previous_in_force);
+        assert!(second.refusal_is_new(Some(&first)));
+        let relisted = Kept::after(check(POLICY.0, POLICY.1, invalid), Some(&second));
+        assert!(
+            !relisted.refusal_is_new(Some(&second)),
+            "a relist is not news"
+        );
+        // A new object that is invalid from the start has nothing in force.
+        let fresh = Kept::after(
+            check(
+                POLICY.0,
+                POLICY.1,
+                object(serde_json::json!({
+                    "metadata": {"name": "q", "namespace": "shop"},
+                    "spec": {"rules": [{"to": [{"operation": {"ports": [0]}}]}]}
+                })),
+            ),
+            None,
+        );
+        assert!(fresh.in_force.is_none() && fresh.refusal.is_some());
     }
 
     #[test]

@@ -26,12 +26,13 @@ impl<T> Default for Mirror<T> {
 }
 
 impl<T> Mirror<T> {
-    /// Applies one watcher event; `store` turns an object into its key and stored
-    /// form (`None`: not kept). Returns whether what the state sees changed.
+    /// Applies one watcher event; `store` turns an object and the stored form of
+    /// its previous version (if any) into its key and stored form (`None`: not
+    /// kept). Returns whether what the state sees changed.
     pub fn apply<K>(
         &mut self,
         event: Event<K>,
-        store: impl Fn(K) -> Option<(String, T)>,
+        store: impl Fn(K, Option<&T>) -> Option<(String, T)>,
         key: impl Fn(&K) -> String,
     ) -> bool {
         match event {
@@ -40,9 +41,9 @@ impl<T> Mirror<T> {
                 false
             }
             Event::InitApply(obj) => {
-                let relist = self.relist.get_or_insert_with(HashMap::new);
-                if let Some((k, v)) = store(obj) {
-                    relist.insert(k, v);
+                let previous = self.live.get(&key(&obj));
+                if let Some((k, v)) = store(obj, previous) {
+                    self.relist.get_or_insert_with(HashMap::new).insert(k, v);
                 }
                 false
             }
@@ -53,7 +54,7 @@ impl<T> Mirror<T> {
             }
             Event::Apply(obj) => {
                 let k = key(&obj);
-                match store(obj) {
+                match store(obj, self.live.get(&k)) {
                     Some((k, v)) => {
                         self.live.insert(k, v);
                     }
@@ -94,7 +95,7 @@ impl<T> Mirror<T> {
 mod tests {
     use super::*;
 
-    fn store(x: (&'static str, u32)) -> Option<(String, u32)> {
+    fn store(x: (&'static str, u32), _: Option<&u32>) -> Option<(String, u32)> {
         (x.1 > 0).then(|| (x.0.to_owned(), x.1))
     }
     fn key(x: &(&'static str, u32)) -> String {

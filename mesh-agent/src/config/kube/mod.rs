@@ -37,7 +37,7 @@ use tracing::{info, warn};
 
 pub use cache::Cache;
 pub use checked::Refusal;
-use checked::{Checked, check};
+use checked::{Kept, check};
 use mirror::Mirror;
 
 use crate::state::{self, StateHandle};
@@ -102,7 +102,7 @@ pub fn spawn(
         "Namespace",
         &shared,
         |c| &mut c.namespaces,
-        |_, ns| Some(ns),
+        |_, ns, _| Some(ns),
     );
     spawn_watch(
         Api::<Pod>::all(client.clone()),
@@ -110,7 +110,7 @@ pub fn spawn(
         "Pod",
         &shared,
         |c| &mut c.pods,
-        |s, pod| Some(trim::pod(pod, &s.node)),
+        |s, pod, _| Some(trim::pod(pod, &s.node)),
     );
     spawn_watch(
         Api::<Service>::all(client.clone()),
@@ -118,7 +118,7 @@ pub fn spawn(
         "Service",
         &shared,
         |c| &mut c.services,
-        |_, s| Some(s),
+        |_, s, _| Some(s),
     );
     spawn_watch(
         Api::<EndpointSlice>::all(client.clone()),
@@ -126,7 +126,7 @@ pub fn spawn(
         "EndpointSlice",
         &shared,
         |c| &mut c.endpoint_slices,
-        |_, s| Some(s),
+        |_, s, _| Some(s),
     );
     for (i, (group, version, kind)) in CHECKED_KINDS.into_iter().enumerate() {
         let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind));
@@ -139,17 +139,20 @@ pub fn spawn(
             kind,
             &shared,
             pick,
-            move |s: &Shared, obj| {
-                let checked = check(kind, &api_version, obj);
-                if let Checked::Refused(r) = &checked {
+            move |s: &Shared, obj, previous: Option<&Kept>| {
+                let kept = Kept::after(check(kind, &api_version, obj), previous);
+                if kept.refusal_is_new(previous)
+                    && let Some(r) = &kept.refusal
+                {
                     s.metrics.config_rejected().with_label_values(&[kind]).inc();
-                    warn!(
-                        resource = %r.resource(),
-                        errors = %r.errors.join("; "),
+                    let effect = if r.previous_in_force {
+                        "object refused; its last valid version stays in force"
+                    } else {
                         "object refused; the rest of the configuration applies"
-                    );
+                    };
+                    warn!(resource = %r.resource(), errors = %r.errors.join("; "), "{effect}");
                 }
-                Some(checked)
+                Some(kept)
             },
         );
     }
@@ -165,7 +168,7 @@ fn spawn_watch<K, T>(
     kind: &'static str,
     shared: &Arc<Shared>,
     pick: impl for<'a> Fn(&'a mut Cache) -> &'a mut Mirror<T> + Send + 'static,
-    store: impl Fn(&Shared, K) -> Option<T> + Send + 'static,
+    store: impl Fn(&Shared, K, Option<&T>) -> Option<T> + Send + 'static,
 ) where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
     T: Send + 'static,
@@ -177,7 +180,11 @@ fn spawn_watch<K, T>(
         while let Some(item) = stream.next().await {
             match item {
                 Ok(event) => shared.update(|c| {
-                    pick(c).apply(event, |obj| Some((key(&obj), store(&shared, obj)?)), key)
+                    pick(c).apply(
+                        event,
+                        |obj, previous| Some((key(&obj), store(&shared, obj, previous)?)),
+                        key,
+                    )
                 }),
                 Err(e) if is_not_served(&e) => {
                     if !absent_warned {
