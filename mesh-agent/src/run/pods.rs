@@ -40,6 +40,9 @@ struct EnrolledPod {
     ips: Vec<IpAddr>,
     /// The pod's proxies: closing it stops its listeners and connections.
     connections: PodConnections,
+    /// Its tunnel connections, dialled from its netns with its address: its
+    /// own, and closed with it.
+    pool: Pool<PoolKey>,
     ctx: Arc<PodContext>,
 }
 
@@ -56,7 +59,6 @@ pub struct PodManager {
     programs: KernelPrograms,
     state: StateHandle,
     shared: Shared,
-    pool: Pool<PoolKey>,
     orig_dst: OrigDstMap,
     pods: HashMap<WorkloadKey, EnrolledPod>,
     node_addrs: Vec<(Ipv4Addr, u8)>,
@@ -88,16 +90,11 @@ impl PodManager {
         ready: Arc<AtomicBool>,
     ) -> Result<Self> {
         let orig_dst = Arc::new(programs.orig_dst_reader()?);
-        let pool = Pool::new(
-            shared.config.tunnel.clone(),
-            Some(shared.metrics.pool_connections().clone()),
-        );
         Ok(PodManager {
             node,
             programs,
             state,
             shared,
-            pool,
             orig_dst,
             pods: HashMap::new(),
             node_addrs: node_addresses(),
@@ -346,7 +343,13 @@ impl PodManager {
         });
         let connections =
             PodConnections::new(workload.key.to_string(), DEFAULT_MAX_CONNECTIONS_PER_POD);
-        let started = self.start_proxies(sockets, ctx.clone(), &connections);
+        // A tunnel connection leaves from this pod's netns with its address, so
+        // it carries only this pod's streams and goes when the pod does.
+        let pool = Pool::new(
+            self.shared.config.tunnel.clone(),
+            Some(self.shared.metrics.pool_connections().clone()),
+        );
+        let started = self.start_proxies(sockets, ctx.clone(), &connections, &pool);
         if let Err(e) = started {
             connections.close_all();
             self.programs.unenrol(cookie, &workload.ips)?;
@@ -357,6 +360,7 @@ impl PodManager {
             netns_cookie: cookie,
             ips: workload.ips.clone(),
             connections,
+            pool,
             ctx,
         })
     }
@@ -366,6 +370,7 @@ impl PodManager {
         sockets: PodSockets,
         ctx: Arc<PodContext>,
         connections: &PodConnections,
+        pool: &Pool<PoolKey>,
     ) -> Result<()> {
         let tokio_listener = |l: std::net::TcpListener| {
             tokio::net::TcpListener::from_std(l).context("register a pod listener")
@@ -375,7 +380,7 @@ impl PodManager {
             tokio::spawn(run_outbound(
                 listener,
                 ctx.clone(),
-                self.pool.clone(),
+                pool.clone(),
                 self.shared.clone(),
                 connections.clone(),
             ));
@@ -397,9 +402,11 @@ impl PodManager {
         Ok(())
     }
 
-    /// Stops the pod's proxies and connections, then releases its kernel state.
+    /// Stops the pod's proxies and connections (its tunnel connections too:
+    /// their sockets would keep its netns alive), then releases its kernel state.
     fn release(&mut self, pod: &EnrolledPod) -> Result<()> {
         pod.connections.close_all();
+        pod.pool.close_all();
         self.programs.unenrol(pod.netns_cookie, &pod.ips)
     }
 

@@ -173,6 +173,11 @@ impl TunnelClient {
         })
     }
 
+    /// Takes no new stream; the connection ends once its open streams have.
+    pub(crate) fn close(&self) {
+        self.state.mark_closed();
+    }
+
     /// Whether this connection can no longer open streams.
     pub fn is_closed(&self) -> bool {
         self.state.is_closed()

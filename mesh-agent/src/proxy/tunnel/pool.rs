@@ -11,6 +11,7 @@ use std::future::Future;
 use std::hash::Hash;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
@@ -40,6 +41,8 @@ struct Inner<K> {
     config: TunnelConfig,
     entries: Mutex<HashMap<K, Entry>>,
     gauge: Option<IntGauge>,
+    /// Set by `close_all`: no connection is handed out or kept any more.
+    closed: AtomicBool,
 }
 
 /// Cheap to clone; all clones share the connections.
@@ -71,6 +74,7 @@ where
                 config,
                 entries: Mutex::new(HashMap::new()),
                 gauge,
+                closed: AtomicBool::new(false),
             }),
         }
     }
@@ -144,6 +148,9 @@ where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         loop {
+            if self.inner.closed.load(Ordering::Acquire) {
+                return Err(TunnelError::Unavailable);
+            }
             let cell = match self.pick(key) {
                 Pick::Ready(client, slot) => return Ok((client, slot, false)),
                 Pick::Dial(cell) => cell,
@@ -237,6 +244,15 @@ where
     /// waiter gets here first) and clears the in-flight marker.
     fn finish_dial(&self, key: &K, cell: &DialCell, result: &Result<TunnelClient, Arc<io::Error>>) {
         let mut entries = lock(&self.inner.entries);
+        if self.inner.closed.load(Ordering::Acquire) {
+            // A dial that was under way when the pool closed: its connection
+            // goes, and so does the entry a late pick may have made.
+            if let Ok(client) = result {
+                client.close();
+            }
+            entries.clear();
+            return;
+        }
         let Some(entry) = entries.get_mut(key) else {
             return;
         };
@@ -249,6 +265,21 @@ where
             if let Ok(client) = result {
                 entry.clients.push(client.clone());
             }
+        }
+    }
+
+    /// Closes every pooled connection, each as soon as its open streams end,
+    /// and hands out none from now on. For a pool whose connections leave from
+    /// one pod's netns, when that pod goes: their sockets would otherwise keep
+    /// its netns (and the pod's address on the wire) alive until they idle out.
+    pub fn close_all(&self) {
+        let entries = {
+            let mut entries = lock(&self.inner.entries);
+            self.inner.closed.store(true, Ordering::Release);
+            std::mem::take(&mut *entries)
+        };
+        for client in entries.into_values().flat_map(|e| e.clients) {
+            client.close();
         }
     }
 

@@ -410,6 +410,37 @@ async fn keepalive_closes_a_connection_to_a_silent_peer() {
 }
 
 #[tokio::test]
+async fn a_closed_pool_ends_its_idle_connections_at_once_and_hands_out_none() {
+    let echo = echo_server().await;
+    // Idle connections would stay for the default five minutes.
+    let config = TunnelConfig::default();
+    let server = tunnel_server(config.clone()).await;
+    let (pool, dialer) = pool_to(server.addr, config);
+    for key in ["a", "b"] {
+        let s = within(pool.connect(&key, echo, || dialer.dial()))
+            .await
+            .unwrap();
+        assert_eq!(within(roundtrip(s, b"hi")).await, b"hi");
+    }
+    assert_eq!(server.open.load(Ordering::SeqCst), 2);
+    pool.close_all();
+    within(async {
+        while server.open.load(Ordering::SeqCst) > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(pool.connection_count(), 0);
+    let refused = within(pool.connect(&"a", echo, || dialer.dial())).await;
+    assert!(matches!(refused, Err(TunnelError::Unavailable)));
+    assert_eq!(
+        dialer.dials.load(Ordering::SeqCst),
+        2,
+        "no dial after closing"
+    );
+}
+
+#[tokio::test]
 async fn retired_connections_finish_their_streams_then_close() {
     let echo = echo_server().await;
     let config = TunnelConfig {
