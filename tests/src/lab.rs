@@ -79,10 +79,20 @@ impl Lab {
     /// Adds a node: a netns with a pod bridge, linked to the underlay, with routes
     /// to every other node's pod subnet.
     pub fn add_node(&mut self, name: &str) -> Result<&Node> {
+        let index = u8::try_from(self.nodes.len() + 1).context("too many nodes")?;
+        self.add_node_at(name, index)
+    }
+
+    /// Adds a node with address index `index`: pod subnet `10.88.<index>.0/24`,
+    /// underlay address `10.89.0.<index>`. For labs whose addresses must differ
+    /// from other labs' (those sharing one API server are one cluster).
+    pub fn add_node_at(&mut self, name: &str, index: u8) -> Result<&Node> {
         if self.nodes.iter().any(|n| n.name == name) {
             bail!("node {name} already exists");
         }
-        let index = u8::try_from(self.nodes.len() + 1).context("too many nodes")?;
+        if index == 0 || index == 255 || self.nodes.iter().any(|n| n.index == index) {
+            bail!("node index {index} is taken or out of range");
+        }
         let node = Node::create(&self.id, &self.underlay, name, index)?;
         for other in &self.nodes {
             node.route_to(other)?;

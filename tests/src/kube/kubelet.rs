@@ -3,10 +3,11 @@
 //! network namespaces and cgroups in kubelet's layout, and reported Running and
 //! Ready, so controllers (EndpointSlices) and agents see a real cluster.
 
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 
@@ -28,6 +29,31 @@ pub struct KubeNode {
     /// The node's own subtree of the lab cgroup; kubelet's `kubepods` hierarchy
     /// is made under it.
     pub cgroup: PathBuf,
+}
+
+/// The node address indices (`10.88.<i>.0/24`) of this process's kube labs:
+/// (in use, the last one handed out). Labs on one API server are one cluster to
+/// the agents, which see every Pod: two pods with one IP, in labs running side
+/// by side, would make the state place a pod of one test at another's address.
+static NODE_INDICES: Mutex<(BTreeSet<u8>, u8)> = Mutex::new((BTreeSet::new(), 0));
+
+/// The next free index after the last one handed out (so a lab's index is not
+/// reused at once while the API server may still show its objects).
+fn claim_node_index() -> Result<u8> {
+    let mut guard = NODE_INDICES.lock().unwrap_or_else(|e| e.into_inner());
+    let (used, last) = &mut *guard;
+    let index = (1..=254u16)
+        .map(|i| ((u16::from(*last) + i - 1) % 254 + 1) as u8)
+        .find(|i| !used.contains(i))
+        .context("every node address index (1-254) is in use by a kube lab")?;
+    used.insert(index);
+    *last = index;
+    Ok(index)
+}
+
+fn release_node_index(index: u8) {
+    let mut guard = NODE_INDICES.lock().unwrap_or_else(|e| e.into_inner());
+    guard.0.remove(&index);
 }
 
 pub struct KubeLab {
@@ -78,11 +104,19 @@ impl KubeLab {
     }
 
     /// Adds a lab node and registers it: a Node object, then its status
-    /// (InternalIP = the underlay address, Ready), as a kubelet does.
+    /// (InternalIP = the underlay address, Ready), as a kubelet does. Its
+    /// addresses differ from those of every other kube lab of this process.
     pub fn add_node(&mut self, name: &str) -> Result<&KubeNode> {
         let object = format!("{}-{name}", self.lab.id());
         let cgroup = self.lab.cgroup().join(name);
-        let node = self.lab.add_node(name)?;
+        let index = claim_node_index()?;
+        let node = match self.lab.add_node_at(name, index) {
+            Ok(node) => node,
+            Err(e) => {
+                release_node_index(index);
+                return Err(e);
+            }
+        };
         let cidr = format!("10.88.{}.0/24", node.index);
         let kube_node = KubeNode {
             name: name.to_string(),
@@ -202,6 +236,9 @@ impl KubeLab {
 impl Drop for KubeLab {
     fn drop(&mut self) {
         self.delete_api_objects();
+        for node in self.lab.nodes() {
+            release_node_index(node.index);
+        }
         // The Lab field drops next: processes, namespaces and cgroups go with it.
     }
 }
