@@ -4,6 +4,7 @@ mod bench;
 mod bench_kube;
 mod demo;
 mod demo_kube;
+mod image;
 mod setup;
 mod test;
 
@@ -33,6 +34,8 @@ enum Command {
     },
     /// Measure the performance budgets (ratios against baselines taken in the same run).
     Bench(bench::BenchArgs),
+    /// Build the agent's container image as an OCI archive, without a container engine.
+    Image(image::ImageArgs),
     /// The netns lab.
     Lab {
         #[command(subcommand)]
@@ -53,6 +56,7 @@ fn main() -> Result<()> {
         Command::Demo { kube: false } => demo::run(),
         Command::Demo { kube: true } => demo_kube::run(),
         Command::Bench(args) => bench::run(&args),
+        Command::Image(args) => image::run(&args),
         Command::Lab {
             command: LabCommand::Clean,
         } => {

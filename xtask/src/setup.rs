@@ -40,6 +40,9 @@ const LAB_PACKAGES: &[(&str, &str)] = &[
     ("curl", "curl"),
     ("tcpdump", "tcpdump"),
 ];
+/// What `cargo xtask image` builds the image with (umoci) and the tests check it
+/// with (skopeo): no container engine, no daemon.
+const IMAGE_PACKAGES: &[(&str, &str)] = &[("umoci", "umoci"), ("skopeo", "skopeo")];
 
 pub fn run() -> Result<()> {
     if !nix_is_root() {
@@ -80,9 +83,28 @@ pub fn run() -> Result<()> {
         )?;
     }
     ensure_cgroup2()?;
+    image_tools()?;
     kube_binaries()?;
     println!("setup: everything is in place");
     Ok(())
+}
+
+/// umoci and skopeo, only when missing: for `cargo xtask image` and the image test.
+pub fn image_tools() -> Result<()> {
+    if IMAGE_PACKAGES.iter().all(|(bin, _)| which(bin).is_some()) {
+        return Ok(());
+    }
+    if !nix_is_root() {
+        bail!("cargo xtask image needs umoci and skopeo: run `cargo xtask setup` as root first");
+    }
+    let missing: Vec<&str> = IMAGE_PACKAGES
+        .iter()
+        .filter(|(bin, _)| which(bin).is_none())
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    // Without recommends: skopeo's are an engine's networking (netavark,
+    // aardvark-dns, nftables), which reading and copying images does not use.
+    Apt::default().install_with(&missing, &["--no-install-recommends"])
 }
 
 /// The test tier's control plane: kube-apiserver, kube-controller-manager and
@@ -248,6 +270,10 @@ impl Apt {
     }
 
     fn install(&mut self, packages: &[&str]) -> Result<()> {
+        self.install_with(packages, &[])
+    }
+
+    fn install_with(&mut self, packages: &[&str], options: &[&str]) -> Result<()> {
         let missing: Vec<&str> = packages
             .iter()
             .copied()
@@ -267,12 +293,13 @@ impl Apt {
             &format!("apt-get install {}", missing.join(" ")),
             Command::new("apt-get")
                 .args(["install", "-y", "-q"])
+                .args(options)
                 .args(&missing)
                 .env("DEBIAN_FRONTEND", "noninteractive"),
         )
         .with_context(|| {
             format!(
-                "cannot install {}: the kernel programs or the lab need them",
+                "cannot install {}: the kernel programs, the lab or the image need them",
                 missing.join(", ")
             )
         })
