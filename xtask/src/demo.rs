@@ -16,7 +16,7 @@ pub(crate) fn show(out: std::process::Output) {
 }
 
 pub fn run() -> Result<()> {
-    setup::run()?;
+    setup::base()?;
     step(
         "build the agent and the lab's tools",
         cargo().args(["build", "--workspace", "--bins"]),

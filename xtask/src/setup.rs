@@ -44,7 +44,19 @@ const LAB_PACKAGES: &[(&str, &str)] = &[
 /// with (skopeo): no container engine, no daemon.
 const IMAGE_PACKAGES: &[(&str, &str)] = &[("umoci", "umoci"), ("skopeo", "skopeo")];
 
+/// Everything: what [`base`] installs, and the Kubernetes binaries of the
+/// tests' control plane (a long build the first time).
 pub fn run() -> Result<()> {
+    base()?;
+    image_tools()?;
+    kube_binaries()?;
+    println!("setup: everything is in place");
+    Ok(())
+}
+
+/// What the plain demo needs: the lab's tools and the kernel toolchain, without
+/// the Kubernetes binaries (the demo runs no cluster).
+pub fn base() -> Result<()> {
     if !nix_is_root() {
         bail!("setup installs packages and the tests create namespaces: run as root");
     }
@@ -82,11 +94,7 @@ pub fn run() -> Result<()> {
                 .env("LLVM_PREFIX", LLVM_PREFIX),
         )?;
     }
-    ensure_cgroup2()?;
-    image_tools()?;
-    kube_binaries()?;
-    println!("setup: everything is in place");
-    Ok(())
+    ensure_cgroup2()
 }
 
 /// umoci and skopeo, only when missing: for `cargo xtask image` and the image test.
