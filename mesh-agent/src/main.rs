@@ -43,10 +43,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    // One process-wide TLS provider (ring, as everywhere in the agent), so no
-    // library that builds a rustls config without naming one can panic when
-    // more than one provider is compiled in (as in test builds).
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    mesh_agent::identity::tls::install_process_provider();
     let result = match Cli::parse().command {
         Command::Run(args) => mesh_agent::run::main(*args).map(|()| ExitCode::SUCCESS),
         Command::Check(args) => mesh_agent::check::main(args),

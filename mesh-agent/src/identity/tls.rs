@@ -37,6 +37,13 @@ pub fn provider() -> Arc<CryptoProvider> {
         .clone()
 }
 
+/// Makes [`provider`] the process's default too, for libraries that build
+/// rustls configs without naming a provider (kube-client): with more than one
+/// provider compiled in (test builds), they would panic. Idempotent.
+pub fn install_process_provider() {
+    let _ = CryptoProvider::install_default((*provider()).clone());
+}
+
 /// A root store from DER certificates.
 pub fn root_store(roots: &[CertificateDer<'static>]) -> io::Result<Arc<RootCertStore>> {
     let mut store = RootCertStore::empty();

@@ -66,5 +66,6 @@ async fn kube_client(args: &RunArgs) -> Result<kube::Client> {
             .await
             .context("find the API server: neither in a cluster (service account) nor a kubeconfig ($KUBECONFIG, ~/.kube/config); or pass --kubeconfig")?,
     };
+    crate::identity::tls::install_process_provider();
     kube::Client::try_from(config).context("make the API client")
 }

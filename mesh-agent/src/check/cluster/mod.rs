@@ -86,6 +86,7 @@ async fn client(kubeconfig: Option<PathBuf>, context: Option<String>) -> Result<
     config.read_timeout = Some(API_TIMEOUT);
     let server = config.cluster_url.to_string();
     let server = server.trim_end_matches('/').to_owned();
+    crate::identity::tls::install_process_provider();
     Ok((Client::try_from(config)?, server))
 }
 

@@ -133,6 +133,7 @@ pub async fn serve(opts: ServeOptions, shutdown: impl Future<Output = ()>) -> Re
 
 /// In-cluster configuration (or `$KUBECONFIG`), or the given kubeconfig.
 pub async fn kube_client(kubeconfig: Option<&PathBuf>) -> Result<kube::Client> {
+    super::tls::install_process_provider();
     let client = match kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
