@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use lab::cluster::{Cluster, SYSTEM_NAMESPACE};
 use lab::kube::ControlPlane;
 use lab::metric_sum;
@@ -58,25 +58,7 @@ fn cluster_with_workloads(ns: &str, meshed: bool) -> Result<(Cluster, String)> {
 }
 
 fn curl_from_client(c: &Cluster, ns: &str, url: &str) -> Result<String> {
-    let out = c
-        .klab
-        .pod(ns, "client")?
-        .command("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "5",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            url,
-        ])
-        .output()?;
-    if !out.status.success() {
-        bail!("curl {url}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    c.klab.pod(ns, "client")?.http_status(url)
 }
 
 fn mtls_connections(c: &Cluster, node: &str, reporter: &str, ns: &str) -> Result<f64> {

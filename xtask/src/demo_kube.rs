@@ -276,23 +276,5 @@ fn workloads(c: &mut Cluster) -> Result<()> {
 
 /// The HTTP status code of `curl url` from the client pod.
 fn curl(c: &Cluster, url: &str) -> Result<String> {
-    let out = c
-        .klab
-        .pod(NS, "client")?
-        .command("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "5",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            url,
-        ])
-        .output()?;
-    if !out.status.success() {
-        bail!("curl {url}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    c.klab.pod(NS, "client")?.http_status(url)
 }

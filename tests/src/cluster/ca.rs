@@ -125,31 +125,7 @@ impl CaService {
     /// Puts the Service's cluster IP on `netns`'s loopback and forwards its port
     /// to the CA.
     pub fn forward_into(&self, netns: &Path) -> Result<Forwarder> {
-        let out = Command::new("nsenter")
-            .arg(format!("--net={}", netns.display()))
-            .args([
-                "--",
-                "ip",
-                "addr",
-                "replace",
-                &format!("{}/32", self.cluster_ip),
-                "dev",
-                "lo",
-            ])
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "add {} in {}: {}",
-                self.cluster_ip,
-                netns.display(),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Forwarder::start(
-            netns,
-            SocketAddr::from((self.cluster_ip, self.port)),
-            self.addr,
-        )
+        Forwarder::service(netns, self.cluster_ip, self.port, self.addr)
     }
 
     fn wait_serving(&self) -> Result<()> {

@@ -2,10 +2,9 @@
 //! for ServiceAccounts, kubeconfigs, and forwarders that let a node's netns
 //! reach the API server.
 
-use std::net::SocketAddr;
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 
 use super::certs::KUBERNETES_SERVICE_IP;
 use super::control_plane::ControlPlane;
@@ -55,29 +54,7 @@ impl ControlPlane {
     /// names that IP, so in-cluster clients (`KUBERNETES_SERVICE_HOST=10.96.0.1`,
     /// `KUBERNETES_SERVICE_PORT=443`) verify it as in a cluster.
     pub fn forward_kubernetes_service_into(&self, netns: &Path) -> Result<Forwarder> {
-        let ip = KUBERNETES_SERVICE_IP.to_string();
-        let out = std::process::Command::new("nsenter")
-            .arg(format!("--net={}", netns.display()))
-            .args([
-                "--",
-                "ip",
-                "addr",
-                "replace",
-                &format!("{ip}/32"),
-                "dev",
-                "lo",
-            ])
-            .output()
-            .context("run nsenter ip addr")?;
-        if !out.status.success() {
-            bail!(
-                "add {ip} to lo in {}: {}",
-                netns.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        let listen = SocketAddr::from((KUBERNETES_SERVICE_IP, 443));
-        Forwarder::start(netns, listen, self.apiserver_addr)
+        Forwarder::service(netns, KUBERNETES_SERVICE_IP, 443, self.apiserver_addr)
     }
 
     /// A ServiceAccount token from the TokenRequest API (`kubectl create token`),

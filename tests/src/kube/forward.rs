@@ -50,6 +50,37 @@ impl Forwarder {
         })
     }
 
+    /// A Service as kube-proxy would give it to the netns at `netns`: `ip` is put
+    /// on its loopback, and `ip:port` there is forwarded to `target` on the host.
+    pub fn service(
+        netns: &Path,
+        ip: std::net::Ipv4Addr,
+        port: u16,
+        target: SocketAddr,
+    ) -> Result<Forwarder> {
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--net={}", netns.display()))
+            .args([
+                "--",
+                "ip",
+                "addr",
+                "replace",
+                &format!("{ip}/32"),
+                "dev",
+                "lo",
+            ])
+            .output()
+            .context("run nsenter ip addr")?;
+        if !out.status.success() {
+            anyhow::bail!(
+                "add {ip} to lo in {}: {}",
+                netns.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Self::start(netns, SocketAddr::from((ip, port)), target)
+    }
+
     /// Where clients in the netns connect.
     pub fn listen_addr(&self) -> SocketAddr {
         self.listen

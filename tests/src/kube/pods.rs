@@ -70,6 +70,30 @@ impl KubePod {
         crate::pod::in_netns(&self.netns, f)
     }
 
+    /// The HTTP status code `curl` gets for `url` from the pod's first container.
+    pub fn http_status(&self, url: &str) -> Result<String> {
+        let out = self
+            .command("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "5",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                url,
+            ])
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "curl {url}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// The pids of the processes the lab started for it (sandbox first).
     pub fn pids(&self) -> &[u32] {
         &self.pids
