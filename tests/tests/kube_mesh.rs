@@ -43,18 +43,10 @@ fn cluster_with_workloads(ns: &str, meshed: bool) -> Result<(Cluster, String)> {
     c.cp().apply_yaml(&service)?;
     c.klab.run_pod("b", &server)?;
     c.klab.run_pod("a", &client)?;
-    let ip = c.cp().kubectl(&[
-        "get",
-        "service",
-        "server",
-        "-n",
-        ns,
-        "-o",
-        "jsonpath={.spec.clusterIP}",
-    ])?;
+    let ip = c.service_ip(ns, "server")?;
     c.start_agent("a")?;
     c.start_agent("b")?;
-    Ok((c, ip.trim().to_string()))
+    Ok((c, ip))
 }
 
 fn curl_from_client(c: &Cluster, ns: &str, url: &str) -> Result<String> {

@@ -158,19 +158,6 @@ fn meshed_cluster(ns: &str, strict: bool) -> Result<Cluster> {
     Ok(c)
 }
 
-fn cluster_ip(c: &Cluster, ns: &str, service: &str) -> Result<String> {
-    let ip = c.cp().kubectl(&[
-        "get",
-        "service",
-        service,
-        "-n",
-        ns,
-        "-o",
-        "jsonpath={.spec.clusterIP}",
-    ])?;
-    Ok(ip.trim().to_string())
-}
-
 /// Whether the agent of `node` logged a line holding every one of `needles`
 /// after byte `from` of its log.
 fn logged(c: &Cluster, node: &str, from: u64, needles: &[&str]) -> bool {
@@ -532,7 +519,7 @@ fn a_new_pod_in_a_meshed_namespace_is_captured_from_its_first_connect() -> Resul
         .run_pod("b", &server_pod(ns, "web", json!({"app": "web"})))?;
     wait_enrolled(&c, "b", from_b, ns, "web")?;
     let server_ip = c.klab.pod(ns, "web")?.ip.to_string();
-    let service_ip = cluster_ip(&c, ns, "web")?;
+    let service_ip = c.service_ip(ns, "web")?;
     c.wait_until("the Service's endpoint is ready", WAIT, || {
         c.cp()
             .kubectl(&[
@@ -650,7 +637,7 @@ fn a_deleted_pod_leaves_no_state_and_no_sockets_behind() -> Result<()> {
     c.klab.run_pod("a", &sleeper_pod(ns, "client"))?;
     wait_enrolled(&c, "b", from_b, ns, "web")?;
     wait_enrolled(&c, "a", from_a, ns, "client")?;
-    let url = format!("http://{}/", cluster_ip(&c, ns, "web")?);
+    let url = format!("http://{}/", c.service_ip(ns, "web")?);
     // Meshed traffic both ways: node a's agent pools a tunnel connection dialled
     // from the client's netns, node b's accepted it in the server's.
     let client = c.klab.pod(ns, "client")?;
@@ -710,7 +697,7 @@ fn new_connections_follow_service_and_endpoint_slice_changes() -> Result<()> {
     ] {
         wait_enrolled(&c, node, from, ns, pod)?;
     }
-    let url = format!("http://{}/", cluster_ip(&c, ns, "web")?);
+    let url = format!("http://{}/", c.service_ip(ns, "web")?);
     let client = c.klab.pod(ns, "client")?;
     let answers = |n: usize| -> Vec<String> {
         (0..n)
@@ -780,7 +767,7 @@ fn a_restarted_agent_adopts_the_pinned_programs_and_resyncs() -> Result<()> {
     c.klab.run_pod("a", &sleeper_pod(ns, "client"))?;
     wait_enrolled(&c, "b", from_b, ns, "web")?;
     wait_enrolled(&c, "a", from_a, ns, "client")?;
-    let service_ip = cluster_ip(&c, ns, "web")?;
+    let service_ip = c.service_ip(ns, "web")?;
     let server_ip = c.klab.pod(ns, "web")?.ip.to_string();
     let client = c.klab.pod(ns, "client")?;
     let mut last = String::new();
@@ -827,7 +814,7 @@ fn a_restarted_agent_adopts_the_pinned_programs_and_resyncs() -> Result<()> {
             ])
             .is_ok_and(|out| out.contains(&server_ip))
     })?;
-    let new_ip = cluster_ip(&c, ns, "web-new")?;
+    let new_ip = c.service_ip(ns, "web-new")?;
 
     let from_a = std::fs::metadata(&log_a)?.len();
     c.start_agent("a")?;

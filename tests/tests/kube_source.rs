@@ -64,7 +64,7 @@ fn meshed_cluster(cp: Arc<ControlPlane>, ns: &str, clients: &[&str]) -> Result<(
     for node in NODES {
         c.start_agent(node)?;
     }
-    let addr = format!("{}:80", cluster_ip(&c, ns, "server")?);
+    let addr = format!("{}:80", c.service_ip(ns, "server")?);
     for name in clients {
         c.wait_until(
             &format!("{name} reaches the server through the mesh"),
@@ -84,19 +84,6 @@ fn service(ns: &str, name: &str, port: u16) -> String {
                  "ports": [{"name": "echo", "port": port, "targetPort": APP_PORT}]},
     })
     .to_string()
-}
-
-fn cluster_ip(c: &Cluster, ns: &str, service: &str) -> Result<String> {
-    let ip = c.cp().kubectl(&[
-        "get",
-        "service",
-        service,
-        "-n",
-        ns,
-        "-o",
-        "jsonpath={.spec.clusterIP}",
-    ])?;
-    Ok(ip.trim().to_string())
 }
 
 /// `kubectl apply -f -`, as a user applies a file.
@@ -645,7 +632,7 @@ fn a_forced_watch_expiry_relists_with_no_gap_in_traffic() -> Result<()> {
     delete_policy(&c, ns, "deny-other")?;
     apply(&c, &deny(ns, "deny-ghost", "ghost"))?;
     apply(&c, &service(ns, "late", 81))?;
-    let late = format!("{}:81", cluster_ip(&c, ns, "late")?);
+    let late = format!("{}:81", c.service_ip(ns, "late")?);
     c.wait_until(
         "the EndpointSlice of the new Service",
         Duration::from_secs(60),

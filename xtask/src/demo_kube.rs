@@ -133,19 +133,7 @@ fn demo(cp: &Arc<ControlPlane>) -> Result<()> {
          Service server:80"
     ));
     workloads(&mut c)?;
-    let service_ip = c
-        .cp()
-        .kubectl(&[
-            "get",
-            "service",
-            "server",
-            "-n",
-            NS,
-            "-o",
-            "jsonpath={.spec.clusterIP}",
-        ])?
-        .trim()
-        .to_string();
+    let service_ip = c.service_ip(NS, "server")?;
     println!("Service server: {service_ip}:80");
 
     say(&format!(

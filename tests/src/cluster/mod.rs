@@ -175,6 +175,20 @@ impl Cluster {
         bail!("{what}: not within {timeout:?}")
     }
 
+    /// The cluster IP the API server gave Service `ns/name`.
+    pub fn service_ip(&self, ns: &str, name: &str) -> Result<String> {
+        let ip = self.cp().kubectl(&[
+            "get",
+            "service",
+            name,
+            "-n",
+            ns,
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ])?;
+        Ok(ip.trim().to_string())
+    }
+
     pub fn cp(&self) -> &ControlPlane {
         self.klab.cp()
     }
