@@ -1,5 +1,5 @@
 //! Weft's node agent as a library: the `mesh-agent` binary is only its CLI.
-//! Modules follow DESIGN §3, one concern each; `run` wires them into the agent.
+//! Modules follow docs/architecture.md ("The agent"), one concern each; `run` wires them into the agent.
 
 pub mod admin;
 pub mod check;

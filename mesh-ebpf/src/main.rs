@@ -1,4 +1,4 @@
-//! Weft's kernel programs (DESIGN §2).
+//! Weft's kernel programs (docs/architecture.md, "Kernel programs").
 //!
 //! - `connect4`/`connect6`: a TCP connect from an enrolled pod netns, by a socket the
 //!   agent did not mark, is rewritten to the agent's outbound listener on loopback in

@@ -1,4 +1,4 @@
-//! The lab: a cluster on one machine (DESIGN §5).
+//! The lab: a cluster on one machine (docs/architecture.md, "The lab").
 //!
 //! A node is a network namespace with a bridge for its pods; a pod is a network
 //! namespace with a veth to its node's bridge and a cgroup of its own under the

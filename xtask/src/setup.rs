@@ -1,4 +1,4 @@
-//! `cargo xtask setup`: installs what is missing, and only that (DESIGN §6).
+//! `cargo xtask setup`: installs what is missing, and only that (docs/architecture.md, "Building the kernel programs").
 //!
 //! The kernel programs need a Rust compiler with a `core` for
 //! `bpfel-unknown-none` and `bpf-linker`. Accepted, in this order:

@@ -1,4 +1,4 @@
-//! The admin HTTP server (DESIGN §3, `127.0.0.1:15000`): `/ready`, `/config_dump`,
+//! The admin HTTP server (docs/architecture.md, "The agent", `127.0.0.1:15000`): `/ready`, `/config_dump`,
 //! `/workloads`, `/certs`. Built on hyper 1 with a small [`Router`] rather than axum: three
 //! read-only JSON endpoints do not need tower's middleware stack, and the proxy
 //! already depends on hyper.

@@ -1,4 +1,4 @@
-//! The kernel side, seen from the agent (DESIGN §2): load the embedded programs,
+//! The kernel side, seen from the agent (docs/architecture.md, "Kernel programs"): load the embedded programs,
 //! attach them, pin maps and links under the agent's bpffs directory, re-adopt them
 //! after a restart, and enrol or remove pods through typed map handles; hold back
 //! pods not classified yet (the pod gate).

@@ -1,4 +1,4 @@
-//! The local CA (DESIGN §3 "Identity and mTLS"): a root key and certificate in
+//! The local CA (docs/architecture.md, "The agent"): a root key and certificate in
 //! files, signing ECDSA P-256 workload certificates whose only name is the
 //! SPIFFE id as a URI SAN. The agent uses it directly in local mode (the lab
 //! and the demo: every node holds the key); `mesh-agent ca serve` uses it to

@@ -1,4 +1,4 @@
-//! Workload identity (DESIGN §3 `identity`): SPIFFE ids, the CA (local, or
+//! Workload identity (docs/architecture.md, "The agent"): SPIFFE ids, the CA (local, or
 //! the CA service and its client), per-workload certificates and their
 //! renewal, the trust bundle, and the rustls configurations and verifiers of
 //! the mutual-TLS tunnel.

@@ -1,5 +1,5 @@
 //! Network namespaces: the agent lives in the node's netns but makes its listening
-//! and outgoing sockets inside each meshed pod's netns (DESIGN §1). A socket stays
+//! and outgoing sockets inside each meshed pod's netns (docs/architecture.md, "One connection, in the code"). A socket stays
 //! in the netns it was created in, so traffic leaves with the pod's own IP.
 
 pub mod discover;

@@ -1,4 +1,4 @@
-//! Authorization decisions (DESIGN §3 `policy`): which `AuthorizationPolicy`
+//! Authorization decisions (docs/architecture.md, "The agent"): which `AuthorizationPolicy`
 //! lets a connection reach a workload, evaluated by the destination agent.
 //!
 //! Semantics follow Istio's: a matching `DENY` refuses; otherwise, if any

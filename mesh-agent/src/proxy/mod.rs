@@ -1,4 +1,4 @@
-//! The data path, independent of network namespaces (DESIGN §3 `proxy`): byte
+//! The data path, independent of network namespaces (docs/architecture.md, "The agent"): byte
 //! copying, the HTTP/2 CONNECT tunnel, and the outbound and inbound connection
 //! handlers. Sockets come in from, and go out through, traits the agent's
 //! netns layer implements (`Dialer`, `OutboundContext`, `InboundContext`).

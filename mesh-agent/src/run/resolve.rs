@@ -1,5 +1,5 @@
 //! Where an outbound connection goes: the state's answer for one original
-//! destination (DESIGN §1). A Service address picks an endpoint (round robin; L7
+//! destination (docs/architecture.md, "One connection, in the code"). A Service address picks an endpoint (round robin; L7
 //! balancing comes with the http module); a meshed destination is reached through
 //! the tunnel on its pod IP, anything else directly.
 

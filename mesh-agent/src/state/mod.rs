@@ -1,4 +1,4 @@
-//! The desired state (DESIGN §3): one immutable [`Snapshot`] of workloads, Services,
+//! The desired state (docs/architecture.md, "The agent"): one immutable [`Snapshot`] of workloads, Services,
 //! endpoints, routes and policies, indexed for the hot path and swapped atomically
 //! through a [`StateHandle`]. Every configuration source feeds it a
 //! [`ResourceSet`](crate::config::resources::ResourceSet) through [`build`].

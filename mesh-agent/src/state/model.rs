@@ -123,7 +123,7 @@ pub struct ServicePort {
 }
 
 impl ServicePort {
-    /// Whether traffic to this port is parsed as HTTP (DESIGN §3 "L7"):
+    /// Whether traffic to this port is to be parsed as HTTP (the L7 issue):
     /// `appProtocol` http/http2/grpc (any case, `kubernetes.io/h2c` too) or a port
     /// name starting with `http` or `grpc`.
     pub fn is_http(&self) -> bool {

@@ -1,4 +1,4 @@
-//! Istio's standard TCP metrics (DESIGN §3 "Observability") and Weft's own
+//! Istio's standard TCP metrics (docs/architecture.md, "The agent") and Weft's own
 //! `weft_*` counters, in a registry of our own.
 
 use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};

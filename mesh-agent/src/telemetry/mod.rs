@@ -1,5 +1,5 @@
 //! Prometheus metrics for the data path and the endpoint that serves them
-//! (DESIGN §3 "Observability"). Access logs come later.
+//! (docs/architecture.md, "The agent"). Access logs come later.
 
 mod metrics;
 mod server;

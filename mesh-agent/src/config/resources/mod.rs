@@ -1,4 +1,4 @@
-//! The resource shapes both configuration sources speak (DESIGN §3): core types from
+//! The resource shapes both configuration sources speak (docs/architecture.md, "The agent"): core types from
 //! `k8s-openapi`, Gateway API routes, and Weft's own custom resources.
 
 pub mod cidr;

@@ -1,6 +1,6 @@
 //! The HBONE-style tunnel: HTTP/2 `CONNECT` with `:authority = <ip>:<port>` over
 //! an already established transport (plain TCP now, rustls later), carrying
-//! many streams per connection (DESIGN §3 "Identity and mTLS").
+//! many streams per connection (docs/architecture.md, "The agent").
 //!
 //! Built on the `h2` crate directly rather than hyper: a CONNECT tunnel needs
 //! none of hyper's request/body machinery, and `h2` gives the stream's flow
