@@ -1,6 +1,7 @@
 //! The file source: multi-document YAML files of Kubernetes-shaped resources.
 
 use std::{
+    io::Read,
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -10,11 +11,40 @@ use super::{
     parse::{Origin, parse_document},
     resources::{Resource, ResourceSet},
     validate::validate,
-    yaml::parse_documents,
+    yaml::{YamlErrorKind, parse_documents},
 };
 use crate::state::{self, Snapshot};
 
 pub use super::watch::watch;
+
+/// Largest configuration file read: more is refused before it is parsed
+/// (docs/config.md, "Limits"; aliases are bounded in [`super::yaml`]).
+pub const MAX_FILE_BYTES: usize = 4 << 20;
+
+fn too_large() -> String {
+    format!(
+        "larger than {} MiB: split the resources over several files (each file is limited on its own)",
+        MAX_FILE_BYTES >> 20
+    )
+}
+
+/// The first `MAX_FILE_BYTES + 1` bytes of `path`: enough to tell a file is too
+/// large without reading all of it.
+pub(super) fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_FILE_BYTES as u64 + 1)
+        .read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+fn read_config(path: &Path) -> Result<String, String> {
+    let bytes = read_bounded(path).map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() > MAX_FILE_BYTES {
+        return Err(too_large());
+    }
+    String::from_utf8(bytes).map_err(|e| format!("cannot read: not UTF-8 ({e})"))
+}
 
 /// Reads, parses and validates `paths` (in order, as one set of resources) and
 /// builds the snapshot. Every error found is returned, not only the first.
@@ -28,9 +58,9 @@ pub fn load_resources(paths: &[PathBuf]) -> Result<ResourceSet, ConfigErrors> {
     let mut errors = Vec::new();
     let mut items = Vec::new();
     for path in paths {
-        match std::fs::read_to_string(path) {
+        match read_config(path) {
             Ok(src) => parse_source(path, &src, &mut items, &mut errors),
-            Err(e) => errors.push(ConfigError::file(path, format!("cannot read: {e}"))),
+            Err(reason) => errors.push(ConfigError::file(path, reason)),
         }
     }
     errors.extend(validate(&items));
@@ -76,6 +106,10 @@ pub fn parse_source(
     items: &mut Vec<(Resource, Origin)>,
     errors: &mut Vec<ConfigError>,
 ) {
+    if src.len() > MAX_FILE_BYTES {
+        errors.push(ConfigError::file(path, too_large()));
+        return;
+    }
     let file: Option<Arc<Path>> = Some(Arc::from(path));
     match parse_documents(src) {
         Err(e) => errors.push(ConfigError {
@@ -85,7 +119,10 @@ pub fn parse_source(
             column: Some(e.pos.column),
             resource: None,
             field: None,
-            reason: format!("YAML syntax: {}", e.message),
+            reason: match e.kind {
+                YamlErrorKind::Syntax => format!("YAML syntax: {}", e.message),
+                YamlErrorKind::TooLarge => format!("YAML too large: {}", e.message),
+            },
         }),
         Ok(docs) => {
             for doc in docs {

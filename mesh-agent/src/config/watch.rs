@@ -16,7 +16,7 @@ use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use prometheus::IntCounter;
 use tokio::sync::mpsc;
 
-use super::file::load;
+use super::file::{load, read_bounded};
 use crate::state::StateHandle;
 
 const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -147,10 +147,13 @@ fn may_change_content(kind: &EventKind) -> bool {
     }
 }
 
+/// Hashes what `load` would read (no more: a huge file is not read whole just to
+/// be refused) and the length.
 fn content_hash(paths: &[PathBuf]) -> u64 {
     let mut h = DefaultHasher::new();
     for p in paths {
-        std::fs::read(p).ok().hash(&mut h);
+        read_bounded(p).ok().hash(&mut h);
+        std::fs::metadata(p).ok().map(|m| m.len()).hash(&mut h);
     }
     h.finish()
 }

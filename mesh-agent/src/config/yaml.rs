@@ -1,6 +1,12 @@
 //! Multi-document YAML to JSON values, remembering where every field is written so
 //! that errors point at a line and column. YAML 1.2 core schema (as serde_yaml):
 //! `yes`/`no` are strings; duplicate keys and non-scalar keys are errors.
+//!
+//! The input is untrusted (docs/security.md): aliases are expanded into copies, so
+//! a few hundred bytes can stand for billions of nodes. Building stops with an
+//! error past [`MAX_NODES`] nodes, [`MAX_TEXT_BYTES`] bytes of scalars or
+//! [`MAX_DEPTH`] levels of nesting per file, counting every alias as the size of
+//! what it stands for (docs/config.md, "Limits").
 
 use std::collections::HashMap;
 
@@ -9,6 +15,20 @@ use yaml_rust2::{
     parser::{Event, MarkedEventReceiver, Parser},
     scanner::{Marker, TScalarStyle},
 };
+
+/// Most nodes (scalars, sequences, mappings, counting the copies aliases make) one
+/// file may expand to. Far above what the size limit of a file lets anyone write
+/// without aliases in practice (about 15 nodes per Pod), far below what would
+/// strain the agent (about 100 bytes each).
+pub const MAX_NODES: usize = 1_000_000;
+
+/// Most bytes of scalars and keys one file may expand to, aliases counted.
+pub const MAX_TEXT_BYTES: usize = 16 << 20;
+
+/// Deepest nesting of sequences and mappings. Resources nest about ten levels;
+/// the bound keeps recursive code downstream (typing, dropping) off the stack's
+/// end.
+pub const MAX_DEPTH: usize = 64;
 
 /// 1-based line and column.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,22 +81,44 @@ pub struct YamlDoc {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct YamlError {
+    pub kind: YamlErrorKind,
     pub message: String,
     pub pos: Pos,
     /// 1-based document index.
     pub document: usize,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum YamlErrorKind {
+    /// Not YAML, or YAML we do not accept (duplicate keys, ...).
+    Syntax,
+    /// Valid YAML that expands past [`MAX_NODES`], [`MAX_TEXT_BYTES`] or [`MAX_DEPTH`].
+    TooLarge,
+}
+
 /// Parses every document; empty documents are skipped.
 pub fn parse_documents(src: &str) -> Result<Vec<YamlDoc>, YamlError> {
     let mut b = Builder::default();
     let mut parser = Parser::new_from_str(src);
-    if let Err(e) = parser.load(&mut b, true) {
-        return Err(YamlError {
-            message: e.info().to_owned(),
-            pos: Pos::from(*e.marker()),
-            document: b.doc_index.max(1),
-        });
+    // Pull events one by one rather than `Parser::load`, which recurses once per
+    // level of nesting and would go on after a limit is hit.
+    loop {
+        match parser.next_token() {
+            Ok((Event::StreamEnd, _)) => break,
+            Ok((ev, mark)) => b.on_event(ev, mark),
+            Err(e) => {
+                return Err(YamlError {
+                    kind: YamlErrorKind::Syntax,
+                    message: e.info().to_owned(),
+                    pos: Pos::from(*e.marker()),
+                    document: b.doc_index.max(1),
+                });
+            }
+        }
+        if b.error.is_some() {
+            // The first error is the one reported: building on would be wasted.
+            break;
+        }
     }
     if let Some(e) = b.error {
         return Err(e);
@@ -89,20 +131,51 @@ enum Frame {
         path: String,
         items: Vec<Value>,
         anchor: usize,
+        start: Size,
     },
     Map {
         path: String,
         map: Map<String, Value>,
         key: Option<String>,
         anchor: usize,
+        start: Size,
     },
+}
+
+/// What a file has expanded to so far, or what one value stands for.
+#[derive(Clone, Copy, Debug, Default)]
+struct Size {
+    nodes: usize,
+    text: usize,
+}
+
+impl Size {
+    fn add(self, o: Size) -> Size {
+        Size {
+            nodes: self.nodes.saturating_add(o.nodes),
+            text: self.text.saturating_add(o.text),
+        }
+    }
+
+    fn since(self, start: Size) -> Size {
+        Size {
+            nodes: self.nodes - start.nodes,
+            text: self.text - start.text,
+        }
+    }
 }
 
 #[derive(Default)]
 struct Builder {
     docs: Vec<YamlDoc>,
     stack: Vec<Frame>,
-    anchors: HashMap<usize, Value>,
+    /// Anchored values with their size, which every alias of them adds again.
+    anchors: HashMap<usize, (Value, Size)>,
+    /// Counted over the whole file: the anchors of one document cannot be used in
+    /// the next, but many documents would otherwise multiply the limit.
+    size: Size,
+    /// The copies kept in `anchors`, counted against the limits with `size`.
+    stored: Size,
     positions: HashMap<String, Pos>,
     doc_index: usize,
     doc_start: Option<Pos>,
@@ -112,8 +185,13 @@ struct Builder {
 
 impl Builder {
     fn fail(&mut self, message: String, pos: Pos) {
+        self.fail_as(YamlErrorKind::Syntax, message, pos);
+    }
+
+    fn fail_as(&mut self, kind: YamlErrorKind, message: String, pos: Pos) {
         if self.error.is_none() {
             self.error = Some(YamlError {
+                kind,
                 message,
                 pos,
                 document: self.doc_index.max(1),
@@ -134,9 +212,39 @@ impl Builder {
         }
     }
 
-    fn push_value(&mut self, v: Value, anchor: usize) {
+    /// Counts `add` more (a node, or what an alias stands for); `false`, with the
+    /// error recorded, once past a limit.
+    fn grow(&mut self, add: Size, pos: Pos) -> bool {
+        self.size = self.size.add(add);
+        let total = self.size.add(self.stored);
+        let depth = self.stack.len();
+        let over = if total.nodes > MAX_NODES {
+            format!(
+                "expands to more than {MAX_NODES} nodes (each alias `*name` counts as a copy of what it names): \
+                 use fewer aliases, or split the resources over several files"
+            )
+        } else if total.text > MAX_TEXT_BYTES {
+            format!(
+                "expands to more than {} MiB of text (each alias `*name` counts as a copy of what it names): \
+                 use fewer aliases of long values, or split the resources over several files",
+                MAX_TEXT_BYTES >> 20
+            )
+        } else if depth > MAX_DEPTH {
+            format!("nests deeper than {MAX_DEPTH} levels: resources never need that many")
+        } else {
+            return true;
+        };
+        self.fail_as(YamlErrorKind::TooLarge, over, pos);
+        false
+    }
+
+    fn push_value(&mut self, v: Value, anchor: usize, size: Size, pos: Pos) {
         if anchor != 0 {
-            self.anchors.insert(anchor, v.clone());
+            self.stored = self.stored.add(size);
+            if !self.grow(Size::default(), pos) {
+                return;
+            }
+            self.anchors.insert(anchor, (v.clone(), size));
         }
         match self.stack.last_mut() {
             None => self.root = Some(v),
@@ -216,6 +324,13 @@ impl MarkedEventReceiver for Builder {
                 }
             }
             Event::Scalar(s, style, anchor, tag) => {
+                let size = Size {
+                    nodes: 1,
+                    text: s.len(),
+                };
+                if !self.grow(size, pos) {
+                    return;
+                }
                 let is_key = matches!(self.stack.last(), Some(Frame::Map { key: None, .. }));
                 if is_key {
                     self.begin(pos, Some(&s));
@@ -228,19 +343,31 @@ impl MarkedEventReceiver for Builder {
                 } else {
                     Value::String(s)
                 };
-                self.push_value(v, anchor);
+                self.push_value(v, anchor, size, pos);
             }
             Event::Alias(id) => {
                 let is_key = matches!(self.stack.last(), Some(Frame::Map { key: None, .. }));
                 if !self.begin(pos, None) || is_key {
                     return;
                 }
-                match self.anchors.get(&id).cloned() {
-                    Some(v) => self.push_value(v, 0),
-                    None => self.fail("unknown alias".into(), pos),
+                // Counted before the copy is made: that copy is what must not happen.
+                let Some(size) = self.anchors.get(&id).map(|(_, size)| *size) else {
+                    self.fail("unknown alias".into(), pos);
+                    return;
+                };
+                if !self.grow(size, pos) {
+                    return;
+                }
+                if let Some((v, _)) = self.anchors.get(&id) {
+                    let v = v.clone();
+                    self.push_value(v, 0, size, pos);
                 }
             }
             Event::SequenceStart(anchor, _) => {
+                let start = self.size;
+                if !self.grow(Size { nodes: 1, text: 0 }, pos) {
+                    return;
+                }
                 if !self.begin(pos, None) {
                     // A sequence as a mapping key: keep parsing, the error is recorded.
                 }
@@ -249,9 +376,15 @@ impl MarkedEventReceiver for Builder {
                     path,
                     items: Vec::new(),
                     anchor,
+                    start,
                 });
+                self.grow(Size::default(), pos);
             }
             Event::MappingStart(anchor, _) => {
+                let start = self.size;
+                if !self.grow(Size { nodes: 1, text: 0 }, pos) {
+                    return;
+                }
                 self.begin(pos, None);
                 let path = self.child_path().unwrap_or_default();
                 self.stack.push(Frame::Map {
@@ -259,13 +392,26 @@ impl MarkedEventReceiver for Builder {
                     map: Map::new(),
                     key: None,
                     anchor,
+                    start,
                 });
+                self.grow(Size::default(), pos);
             }
             Event::SequenceEnd | Event::MappingEnd => match self.stack.pop() {
-                Some(Frame::Seq { items, anchor, .. }) => {
-                    self.push_value(Value::Array(items), anchor)
+                Some(Frame::Seq {
+                    items,
+                    anchor,
+                    start,
+                    ..
+                }) => {
+                    let size = self.size.since(start);
+                    self.push_value(Value::Array(items), anchor, size, pos)
                 }
-                Some(Frame::Map { map, anchor, .. }) => self.push_value(Value::Object(map), anchor),
+                Some(Frame::Map {
+                    map, anchor, start, ..
+                }) => {
+                    let size = self.size.since(start);
+                    self.push_value(Value::Object(map), anchor, size, pos)
+                }
                 None => {}
             },
             Event::StreamStart | Event::StreamEnd | Event::Nothing => {}
@@ -311,7 +457,7 @@ fn resolve_plain(s: &str) -> Value {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -342,5 +488,50 @@ mod tests {
         let e = parse_documents("a: 1\na: 2\n").expect_err("dup");
         assert!(e.message.contains("duplicate key `a`"));
         assert_eq!(e.pos.line, 2);
+    }
+
+    /// The "billion laughs": `levels` anchors, each a list of nine aliases of the
+    /// previous one; 9^levels leaves from a few hundred bytes.
+    pub(crate) fn billion_laughs(levels: usize) -> String {
+        let mut s = String::from("l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+        for i in 1..=levels {
+            let p = i - 1;
+            s += &format!(
+                "l{i}: &l{i} [*l{p}, *l{p}, *l{p}, *l{p}, *l{p}, *l{p}, *l{p}, *l{p}, *l{p}]\n"
+            );
+        }
+        s
+    }
+
+    #[test]
+    fn billion_laughs_is_refused_quickly() {
+        let src = billion_laughs(9);
+        assert!(src.len() < 1024, "{} bytes", src.len());
+        let start = std::time::Instant::now();
+        let e = parse_documents(&src).expect_err("expands past the limit");
+        assert!(e.message.contains("nodes"), "{e:?}");
+        assert!(e.pos.line > 1, "{e:?}");
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(1),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    #[test]
+    fn deep_nesting_and_long_aliased_text_are_refused() {
+        let deep = "- ".repeat(MAX_DEPTH + 1) + "x\n";
+        let e = parse_documents(&deep).expect_err("too deep");
+        assert_eq!(e.kind, YamlErrorKind::TooLarge);
+        assert!(e.message.contains("nests deeper than"), "{e:?}");
+        parse_documents(&("- ".repeat(MAX_DEPTH - 1) + "x\n")).expect("deep enough");
+
+        let long = format!(
+            "a: &a {}\nb: [{}]\n",
+            "x".repeat(1 << 20),
+            ["*a"; 17].join(", ")
+        );
+        let e = parse_documents(&long).expect_err("too much text");
+        assert!(e.message.contains("MiB of text"), "{e:?}");
     }
 }

@@ -1,3 +1,4 @@
 mod bad_inputs;
+mod limits;
 mod roundtrip;
 mod watch;
