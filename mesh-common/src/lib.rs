@@ -131,8 +131,9 @@ impl PodIpKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InboundConfig {
-    /// The node's own address as the pod sees it (kubelet probes come from it),
-    /// IPv4-mapped. All zero: none.
+    /// The node's own address as the pod sees it, IPv4-mapped (all zero: none).
+    /// Not an exemption: sk_lookup steers the node's connections to the agent
+    /// like any other, and the agent exempts only kubelet probes.
     pub node_addr: [u8; 16],
 }
 

@@ -7,8 +7,9 @@
 //!   `(netns cookie, local port) → original destination` for the agent, which only
 //!   sees that port when it accepts; delete both entries on close.
 //! - `getpeername4`/`6`: a redirected application sees its original peer.
-//! - `sk_lookup` (one per pod netns): inbound TCP from outside the pod goes to the
-//!   agent's plaintext inbound socket of that pod; the tunnel port is left alone.
+//! - `sk_lookup` (one per pod netns): inbound TCP from outside the pod (the node's
+//!   own address included) goes to the agent's plaintext inbound socket of that
+//!   pod; the tunnel port is left alone.
 //! - The pod gate, in `connect4`/`connect6`: a TCP connect by a task in a pod
 //!   cgroup under the node's kubepods cgroup that the agent has not classified yet
 //!   is refused (EPERM), so no connection leaves a pod unmeshed between its start
@@ -391,12 +392,11 @@ pub fn weft_sk_lookup(ctx: SkLookupContext) -> u32 {
         return sk_action::SK_PASS;
     }
     let key = PodIpKey::v4(local);
-    // SAFETY: plain value copied out of the map.
-    let Some(config) = (unsafe { INBOUND_CONFIG.get(&key) }).copied() else {
+    // The node's own address is steered too: the agent exempts only kubelet
+    // probes from policy (docs/security.md), nothing bypasses it here.
+    // SAFETY: a plain lookup in the map.
+    if unsafe { INBOUND_CONFIG.get(&key) }.is_none() {
         return sk_action::SK_PASS;
-    };
-    if PodIpKey::v4(remote).addr == config.node_addr {
-        return sk_action::SK_PASS; // the node itself: kubelet probes
     }
     match INBOUND_SOCKETS.redirect_sk_lookup(&ctx, key, 0) {
         Ok(()) => {

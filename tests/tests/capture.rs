@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use lab::Lab;
-use mesh_agent::ebpf::{KernelPrograms, LoadOptions, PodEnrolment};
+use mesh_agent::ebpf::{InboundEnrolment, KernelPrograms, LoadOptions, PodEnrolment};
 use mesh_agent::netns::{Netns, netns_cookie};
 
 use common::{accept_within, output_ok, reply_server, spawn_tcp_read, tcp_read_from};
@@ -83,5 +83,74 @@ fn meshed_connect_is_redirected_and_unmeshed_is_not() -> Result<()> {
     // Removing the pod stops the capture.
     programs.unenrol(cookie, &enrolment.pod_ips)?;
     assert_eq!(tcp_read_from(meshed, real_addr)?, "real\n");
+    Ok(())
+}
+
+/// Reads what a server sends to a connection from the node's own netns (not a
+/// pod: the node's address, as kubelet probes and SNATed NodePort traffic have).
+fn tcp_read_from_node(node: &lab::Node, dst: SocketAddr) -> Result<String> {
+    let script = format!(
+        "exec 3<>/dev/tcp/{}/{} && timeout 5 cat <&3",
+        dst.ip(),
+        dst.port()
+    );
+    output_ok(node.command("bash").args(["-c", &script]).output()?)
+}
+
+/// A stand-in for the agent's inbound listener: answers every steered
+/// connection with `agent\n`.
+fn stand_in_inbound(pod: &lab::Pod) -> Result<TcpListener> {
+    let listener = pod.in_netns(|| TcpListener::bind("0.0.0.0:0"))??;
+    let accepting = listener.try_clone()?;
+    std::thread::spawn(move || {
+        for stream in accepting.incoming() {
+            let Ok(mut stream) = stream else { break };
+            let _ = stream.write_all(b"agent\n");
+        }
+    });
+    Ok(listener)
+}
+
+#[test]
+fn node_sourced_inbound_is_steered_to_the_agent() -> Result<()> {
+    let mut lab = Lab::new()?;
+    lab.add_node("node-a")?;
+    lab.add_pod("node-a", "server", None)?;
+    lab.add_pod("node-a", "client", None)?;
+    lab.wait_until_forwarding()?;
+    let (node, server, client) = (lab.node("node-a")?, lab.pod("server")?, lab.pod("client")?);
+    let (app_addr, _) = reply_server(
+        server,
+        SocketAddr::new(IpAddr::V4(server.ip), 8080),
+        "app\n",
+    )?;
+    let inbound = stand_in_inbound(server)?;
+
+    let mut programs = KernelPrograms::open(&LoadOptions {
+        cgroup: lab.cgroup().to_path_buf(),
+        bpffs_dir: lab.bpffs("node-steer")?,
+        kernel_log_level: 3,
+    })?;
+    let netns = Netns::open(server.netns_path())?;
+    let enrolment = PodEnrolment {
+        netns_cookie: netns_cookie(&netns)?,
+        pod_ips: vec![IpAddr::V4(server.ip)],
+        outbound_port: 15001,
+        node_addr: Some(IpAddr::V4(server.node_ip)),
+    };
+    let steer = InboundEnrolment {
+        netns: netns.file(),
+        listener: &inbound,
+    };
+    programs.enrol(&enrolment, Some(steer))?;
+
+    assert_eq!(tcp_read_from(client, app_addr)?, "agent\n", "a pod's connection");
+    // The node's address gets no bypass in the kernel: the agent decides (it
+    // exempts only kubelet probes).
+    assert_eq!(
+        tcp_read_from_node(node, app_addr)?,
+        "agent\n",
+        "a connection from the node's address reached the app directly"
+    );
     Ok(())
 }
