@@ -10,6 +10,7 @@ pub mod identity;
 pub mod netns;
 pub mod policy;
 pub mod proxy;
+pub mod routing;
 pub mod run;
 pub mod state;
 pub mod status;

@@ -21,7 +21,10 @@ pub use model::{
     ServiceKey, ServicePort, TargetPort, Workload, WorkloadKey,
 };
 pub use policy::{AuthorizationPolicy, TrafficPolicy};
-pub use route::{HttpRoute, PathMatch, RouteBackend, RouteKind, RouteMatch, RouteRule};
+pub use route::{
+    HttpRoute, PathMatch, Pattern, RouteBackend, RouteKind, RouteMatch, RouteParent, RouteRule,
+    RouteTimeouts, StringMatch, ValueMatch,
+};
 pub use snapshot::{Snapshot, SnapshotData};
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::model::{ResourceKey, ServiceKey};
 use crate::config::resources::gateway::HTTPRouteFilter;
@@ -19,6 +19,9 @@ pub enum RouteKind {
 pub struct HttpRoute {
     pub key: ResourceKey,
     pub kind: RouteKind,
+    /// `metadata.creationTimestamp` in seconds: the older route wins a
+    /// precedence tie (Gateway API).
+    pub created: Option<i64>,
     pub parents: Vec<RouteParent>,
     /// Empty: any host.
     pub hostnames: Vec<String>,
@@ -70,15 +73,85 @@ pub enum PathMatch {
     Exact(String),
     /// Gateway API prefix: matches whole path segments.
     Prefix(String),
-    Regex(String),
+    Regex(Pattern),
 }
 
 /// A header or query parameter match.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ValueMatch {
     pub name: String,
-    pub value: String,
-    pub regex: bool,
+    pub value: StringMatch,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StringMatch {
+    Exact(String),
+    Regex(Pattern),
+}
+
+impl StringMatch {
+    pub fn matches(&self, value: &str) -> bool {
+        match self {
+            StringMatch::Exact(v) => v == value,
+            StringMatch::Regex(p) => p.is_match(value),
+        }
+    }
+}
+
+/// Compiled regexes are bounded so that one route cannot cost the agent much
+/// memory; a pattern over the bound never matches.
+const REGEX_SIZE_LIMIT: usize = 256 * 1024;
+
+/// A regular expression (RE2 syntax, as Gateway API specifies), compiled once
+/// when the state is built and anchored at both ends: it must match the whole
+/// value, as in Envoy and Istio. An invalid pattern never matches.
+#[derive(Clone, Debug)]
+pub struct Pattern {
+    source: String,
+    regex: Option<regex::Regex>,
+}
+
+impl Pattern {
+    pub fn new(source: impl Into<String>) -> Self {
+        let source = source.into();
+        let regex = regex::RegexBuilder::new(&format!("^(?:{source})$"))
+            .size_limit(REGEX_SIZE_LIMIT)
+            .build()
+            .ok();
+        Pattern { source, regex }
+    }
+
+    pub fn is_match(&self, value: &str) -> bool {
+        self.regex.as_ref().is_some_and(|r| r.is_match(value))
+    }
+
+    pub fn is_valid(&self) -> bool {
+        self.regex.is_some()
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+}
+
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+impl Eq for Pattern {}
+
+impl Serialize for Pattern {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.source)
+    }
+}
+
+impl<'de> Deserialize<'de> for Pattern {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Pattern::new)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -5,8 +5,8 @@ use super::{
     build::key_of,
     model::ObjectKey,
     route::{
-        HttpRoute, PathMatch, RouteBackend, RouteKind, RouteMatch, RouteParent, RouteRetry,
-        RouteRule, RouteTimeouts, ValueMatch,
+        HttpRoute, PathMatch, Pattern, RouteBackend, RouteKind, RouteMatch, RouteParent,
+        RouteRetry, RouteRule, RouteTimeouts, StringMatch, ValueMatch,
     },
 };
 use crate::config::resources::gateway::{
@@ -47,6 +47,11 @@ pub(super) fn from_http(r: &HTTPRoute) -> HttpRoute {
     HttpRoute {
         parents: parents(&key.namespace, &r.spec.parent_refs),
         hostnames: r.spec.hostnames.clone(),
+        created: r
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.as_second()),
         key,
         kind: RouteKind::Http,
         rules,
@@ -71,6 +76,11 @@ pub(super) fn from_grpc(r: &GRPCRoute) -> HttpRoute {
     HttpRoute {
         parents: parents(&key.namespace, &r.spec.parent_refs),
         hostnames: r.spec.hostnames.clone(),
+        created: r
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.as_second()),
         key,
         kind: RouteKind::Grpc,
         rules,
@@ -112,8 +122,11 @@ fn values(m: &[HTTPHeaderMatch]) -> Vec<ValueMatch> {
     m.iter()
         .map(|h| ValueMatch {
             name: h.name.clone(),
-            value: h.value.clone(),
-            regex: h.type_ == Some(ValueMatchType::RegularExpression),
+            value: if h.type_ == Some(ValueMatchType::RegularExpression) {
+                StringMatch::Regex(Pattern::new(h.value.clone()))
+            } else {
+                StringMatch::Exact(h.value.clone())
+            },
         })
         .collect()
 }
@@ -126,7 +139,7 @@ fn http_match(m: &HTTPRouteMatch) -> RouteMatch {
             match p.type_.unwrap_or_default() {
                 PathMatchType::Exact => PathMatch::Exact(v),
                 PathMatchType::PathPrefix => PathMatch::Prefix(v),
-                PathMatchType::RegularExpression => PathMatch::Regex(v),
+                PathMatchType::RegularExpression => PathMatch::Regex(Pattern::new(v)),
             }
         }
     };
@@ -145,16 +158,18 @@ fn grpc_match(m: &GRPCRouteMatch) -> RouteMatch {
         Some(mm) => {
             let (s, me) = (mm.service.as_deref(), mm.method.as_deref());
             if mm.type_ == Some(ValueMatchType::RegularExpression) {
-                PathMatch::Regex(format!(
+                PathMatch::Regex(Pattern::new(format!(
                     "/{}/{}",
                     s.unwrap_or("[^/]+"),
                     me.unwrap_or("[^/]+")
-                ))
+                )))
             } else {
                 match (s, me) {
                     (Some(s), Some(me)) => PathMatch::Exact(format!("/{s}/{me}")),
                     (Some(s), None) => PathMatch::Prefix(format!("/{s}")),
-                    (None, Some(me)) => PathMatch::Regex(format!("/[^/]+/{}", regex_escape(me))),
+                    (None, Some(me)) => {
+                        PathMatch::Regex(Pattern::new(format!("/[^/]+/{}", regex_escape(me))))
+                    }
                     (None, None) => PathMatch::Prefix("/".into()),
                 }
             }
