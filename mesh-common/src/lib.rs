@@ -42,8 +42,26 @@ pub mod program_names {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NetnsConfig {
     /// Port of the agent's outbound listener on loopback in that netns (host order).
+    /// 0: enrolled "closed", the agent could not set up the pod's listeners; its
+    /// TCP connects, but to loopback and excluded ports, are refused (EPERM).
     pub outbound_port: u16,
     pub _pad: [u8; 6],
+}
+
+impl NetnsConfig {
+    /// A pod enrolled closed: see [`NetnsConfig::outbound_port`].
+    pub const CLOSED: NetnsConfig = NetnsConfig::redirect_to(0);
+
+    pub const fn redirect_to(outbound_port: u16) -> Self {
+        NetnsConfig {
+            outbound_port,
+            _pad: [0; 6],
+        }
+    }
+
+    pub const fn is_closed(&self) -> bool {
+        self.outbound_port == 0
+    }
 }
 
 /// An original destination as the application asked for it.
@@ -176,7 +194,9 @@ pub mod stats {
     pub const ORIG_DST_PUBLISHED: u32 = 3;
     /// TCP connects refused because the task's pod cgroup is not classified yet.
     pub const CONNECT_REFUSED_UNCLASSIFIED: u32 = 4;
-    pub const COUNT: u32 = 5;
+    /// TCP connects refused because their netns is enrolled closed.
+    pub const CONNECT_REFUSED_CLOSED: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 #[cfg(feature = "user")]

@@ -10,6 +10,9 @@
 //! - `sk_lookup` (one per pod netns): inbound TCP from outside the pod (the node's
 //!   own address included) goes to the agent's plaintext inbound socket of that
 //!   pod; the tunnel port is left alone.
+//! - A netns enrolled "closed" (`NetnsConfig::CLOSED`: the agent could not set up
+//!   the pod's listeners) has its TCP connects refused (EPERM), and sk_lookup
+//!   drops inbound to it, as its IPs have a config but no agent socket.
 //! - The pod gate, in `connect4`/`connect6`: a TCP connect by a task in a pod
 //!   cgroup under the node's kubepods cgroup that the agent has not classified yet
 //!   is refused (EPERM), so no connection leaves a pod unmeshed between its start
@@ -18,7 +21,7 @@
 //! Every program returns "allow" on any unexpected input: a kernel program must
 //! never break a connection it does not understand, except where failing closed is
 //! the point (inbound to a captured pod whose agent socket is gone, a connect from
-//! a pod not classified yet).
+//! a pod not classified yet or enrolled closed).
 #![no_std]
 #![no_main]
 
@@ -180,6 +183,15 @@ fn refuse(ctx: &SockAddrContext, pod: u64, port: u16) -> i32 {
     0
 }
 
+/// Refuses a connect from a netns enrolled closed: the agent could not set up
+/// its listeners, and the pod must not go around it (docs/security.md).
+#[inline(always)]
+fn refuse_closed(ctx: &SockAddrContext, port: u16) -> i32 {
+    count(stats::CONNECT_REFUSED_CLOSED);
+    debug!(ctx, "connect to port {} refused: pod enrolled closed", port);
+    0
+}
+
 #[inline(always)]
 fn port_excluded(port: u16) -> bool {
     // SAFETY: plain value read from the map.
@@ -203,6 +215,7 @@ pub fn weft_connect4(ctx: SockAddrContext) -> i32 {
         return 1;
     }
     match gate {
+        Gate::Capture(config) if config.is_closed() => refuse_closed(&ctx, port),
         Gate::Capture(config) => redirect4(&ctx, config, ip, port),
         Gate::Hold(pod) => refuse(&ctx, pod, port),
         Gate::Pass => 1,
@@ -254,6 +267,7 @@ pub fn weft_connect6(ctx: SockAddrContext) -> i32 {
         return 1;
     }
     match gate {
+        Gate::Capture(config) if config.is_closed() => refuse_closed(&ctx, port),
         Gate::Capture(config) => redirect6(&ctx, config, addr, port, mapped_v4),
         Gate::Hold(pod) => refuse(&ctx, pod, port),
         Gate::Pass => 1,

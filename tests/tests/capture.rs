@@ -144,7 +144,11 @@ fn node_sourced_inbound_is_steered_to_the_agent() -> Result<()> {
     };
     programs.enrol(&enrolment, Some(steer))?;
 
-    assert_eq!(tcp_read_from(client, app_addr)?, "agent\n", "a pod's connection");
+    assert_eq!(
+        tcp_read_from(client, app_addr)?,
+        "agent\n",
+        "a pod's connection"
+    );
     // The node's address gets no bypass in the kernel: the agent decides (it
     // exempts only kubelet probes).
     assert_eq!(
@@ -152,5 +156,61 @@ fn node_sourced_inbound_is_steered_to_the_agent() -> Result<()> {
         "agent\n",
         "a connection from the node's address reached the app directly"
     );
+    Ok(())
+}
+
+#[test]
+fn pod_enrolled_closed_refuses_outbound_and_drops_inbound() -> Result<()> {
+    let mut lab = Lab::new()?;
+    lab.add_node("node-a")?;
+    lab.add_pod("node-a", "closed", None)?;
+    lab.add_pod("node-a", "other", None)?;
+    lab.wait_until_forwarding()?;
+    let (closed, other) = (lab.pod("closed")?, lab.pod("other")?);
+    let (other_addr, _) = reply_server(
+        other,
+        SocketAddr::new(IpAddr::V4(other.ip), 8080),
+        "other\n",
+    )?;
+    let (closed_addr, _) = reply_server(
+        closed,
+        SocketAddr::new(IpAddr::V4(closed.ip), 8080),
+        "closed\n",
+    )?;
+    let (loopback_addr, _) = reply_server(closed, "127.0.0.1:0".parse()?, "local\n")?;
+
+    let mut programs = KernelPrograms::open(&LoadOptions {
+        cgroup: lab.cgroup().to_path_buf(),
+        bpffs_dir: lab.bpffs("closed")?,
+        kernel_log_level: 3,
+    })?;
+    let netns = Netns::open(closed.netns_path())?;
+    let enrolment = PodEnrolment {
+        netns_cookie: netns_cookie(&netns)?,
+        pod_ips: vec![IpAddr::V4(closed.ip)],
+        outbound_port: 15001,
+        node_addr: None,
+    };
+    programs.enrol_closed(&enrolment, netns.file())?;
+
+    let err = tcp_read_from(closed, other_addr).expect_err("outbound from a closed pod");
+    assert!(
+        format!("{err:#}").contains("not permitted"),
+        "refused with EPERM, got {err:#}"
+    );
+    assert!(programs.maps().stats().connect_refused_closed >= 1);
+    // Loopback inside the pod is never captured, so never refused either.
+    assert_eq!(tcp_read_from(closed, loopback_addr)?, "local\n");
+    // Inbound: no agent socket to steer to, so the SYN is dropped, never
+    // delivered to the app.
+    let inbound = other.in_netns(move || {
+        std::net::TcpStream::connect_timeout(&closed_addr, Duration::from_secs(2))
+    })?;
+    assert!(inbound.is_err(), "inbound reached the app of a closed pod");
+
+    // Released: both ways work again.
+    programs.unenrol(enrolment.netns_cookie, &enrolment.pod_ips)?;
+    assert_eq!(tcp_read_from(closed, other_addr)?, "other\n");
+    assert_eq!(tcp_read_from(other, closed_addr)?, "closed\n");
     Ok(())
 }

@@ -17,7 +17,8 @@ use super::maps::pod_ip_key;
 pub struct PodEnrolment {
     pub netns_cookie: u64,
     pub pod_ips: Vec<IpAddr>,
-    /// Port of the agent's outbound listener on loopback in the pod's netns.
+    /// Port of the agent's outbound listener on loopback in the pod's netns. 0
+    /// enrols the pod closed (prefer [`KernelPrograms::enrol_closed`]).
     pub outbound_port: u16,
     /// The node's address as the pod sees it: its connections (probes) are not steered.
     pub node_addr: Option<IpAddr>,
@@ -31,17 +32,17 @@ pub struct InboundEnrolment<'a> {
 
 impl KernelPrograms {
     /// Captures a pod: inbound first (socket, config, sk_lookup), then outbound.
-    /// Idempotent: enrolling an enrolled pod refreshes its entries.
+    /// Without `inbound`, only its outbound is captured (inbound reaches the app
+    /// as if unmeshed): for tests; a pod whose listeners failed is enrolled with
+    /// [`Self::enrol_closed`]. Idempotent: enrolling an enrolled pod refreshes
+    /// its entries.
     pub fn enrol(
         &mut self,
         pod: &PodEnrolment,
         inbound: Option<InboundEnrolment<'_>>,
     ) -> Result<()> {
         if let Some(inbound) = inbound {
-            let node_addr = match pod.node_addr {
-                Some(ip) => pod_ip_key(ip).addr,
-                None => [0; 16],
-            };
+            let node_addr = node_addr_key(pod.node_addr);
             for ip in &pod.pod_ips {
                 let key = pod_ip_key(*ip);
                 let maps = self.maps_mut();
@@ -54,14 +55,37 @@ impl KernelPrograms {
             }
             self.attach_sk_lookup(inbound.netns, pod.netns_cookie)?;
         }
-        let config = NetnsConfig {
-            outbound_port: pod.outbound_port,
-            _pad: [0; 6],
-        };
+        let config = NetnsConfig::redirect_to(pod.outbound_port);
         self.maps_mut()
             .enrolled_netns
             .insert(pod.netns_cookie, config, 0)
             .context("enrol the pod netns for outbound capture")?;
+        Ok(())
+    }
+
+    /// Enrols a pod "closed" (docs/security.md): the agent could not set up its
+    /// listeners, so nothing of the pod may go around it. Its TCP connects (but
+    /// loopback and excluded ports) are refused with EPERM, and inbound to its IPs
+    /// is dropped by sk_lookup, which finds their config but no agent socket.
+    /// `pod.outbound_port` is ignored. Enrol it again with [`Self::enrol`] once
+    /// its listeners are up.
+    pub fn enrol_closed(&mut self, pod: &PodEnrolment, netns: &File) -> Result<()> {
+        let node_addr = node_addr_key(pod.node_addr);
+        for ip in &pod.pod_ips {
+            let key = pod_ip_key(*ip);
+            let maps = self.maps_mut();
+            // An agent socket left from an earlier enrolment would keep steering.
+            ignore_missing(maps.inbound_sockets.remove(&key))
+                .with_context(|| format!("remove the inbound socket of {ip}"))?;
+            maps.inbound_config
+                .insert(key, InboundConfig { node_addr }, 0)
+                .with_context(|| format!("register the inbound config of {ip}"))?;
+        }
+        self.attach_sk_lookup(netns, pod.netns_cookie)?;
+        self.maps_mut()
+            .enrolled_netns
+            .insert(pod.netns_cookie, NetnsConfig::CLOSED, 0)
+            .context("enrol the pod netns closed")?;
         Ok(())
     }
 
@@ -90,6 +114,10 @@ impl KernelPrograms {
         }
         Ok(())
     }
+}
+
+fn node_addr_key(node_addr: Option<IpAddr>) -> [u8; 16] {
+    node_addr.map_or([0; 16], |ip| pod_ip_key(ip).addr)
 }
 
 pub(super) fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {

@@ -82,6 +82,7 @@ impl MapHandles {
             inbound_steered: sum(stats::INBOUND_STEERED),
             orig_dst_published: sum(stats::ORIG_DST_PUBLISHED),
             connect_refused_unclassified: sum(stats::CONNECT_REFUSED_UNCLASSIFIED),
+            connect_refused_closed: sum(stats::CONNECT_REFUSED_CLOSED),
         }
     }
 }
@@ -95,6 +96,9 @@ pub struct KernelStats {
     pub orig_dst_published: u64,
     /// Connects refused because their pod was not classified yet (the pod gate).
     pub connect_refused_unclassified: u64,
+    /// Connects refused because their pod is enrolled closed (its agent
+    /// listeners could not be set up).
+    pub connect_refused_closed: u64,
 }
 
 pub fn orig_dst_to_socket_addr(orig: &OrigDst) -> SocketAddr {
