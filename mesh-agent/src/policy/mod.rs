@@ -12,6 +12,7 @@
 //! here, so an operation that names them fails safe, as ztunnel does: it never
 //! matches for `ALLOW` and always matches for `DENY`.
 
+mod admission;
 mod matching;
 mod review;
 
@@ -22,6 +23,7 @@ use std::sync::Arc;
 use crate::config::resources::weft::PolicyAction;
 use crate::state::{AuthorizationPolicy, ResourceKey, Snapshot, Workload};
 
+pub use admission::{AGENT_PORTS, Inbound, Transport, admit};
 use matching::rule_matches;
 pub use review::{AdmissionGuard, AdmittedConnections, Revoked};
 
@@ -95,11 +97,30 @@ pub enum Verdict {
     Denied(ResourceKey),
     /// `ALLOW` policies apply to the workload and none matched.
     NotAllowed,
+    /// The target is one of the agent's own ports.
+    AgentPort,
+    /// Plaintext to a workload whose namespace is strict mTLS.
+    StrictMtls,
+    /// Plaintext from the node's own address, exempt as a kubelet probe.
+    NodeProbe,
 }
 
 impl Decision {
     pub fn is_allowed(&self) -> bool {
-        matches!(self.verdict, Verdict::AllowedNoPolicy | Verdict::Allowed(_))
+        matches!(
+            self.verdict,
+            Verdict::AllowedNoPolicy | Verdict::Allowed(_) | Verdict::NodeProbe
+        )
+    }
+}
+
+impl From<Verdict> for Decision {
+    /// A decision no policy took part in (nothing audited).
+    fn from(verdict: Verdict) -> Self {
+        Self {
+            verdict,
+            audited: Vec::new(),
+        }
     }
 }
 
@@ -112,6 +133,11 @@ impl fmt::Display for Verdict {
             Verdict::NotAllowed => f.write_str(
                 "denied: ALLOW policies select this workload and none of their rules matches",
             ),
+            Verdict::AgentPort => {
+                f.write_str("refused: the target is one of the agent's own ports")
+            }
+            Verdict::StrictMtls => f.write_str("plaintext refused: namespace is strict mTLS"),
+            Verdict::NodeProbe => f.write_str("allowed: a probe from the node"),
         }
     }
 }

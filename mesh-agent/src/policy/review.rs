@@ -15,10 +15,10 @@ use std::sync::{Arc, Mutex, Weak};
 
 use socket2::SockRef;
 
-use super::{ConnectionAttrs, Decision};
+use super::{Decision, Inbound};
 
 struct Admitted {
-    attrs: ConnectionAttrs,
+    conn: Inbound,
     socket: OwnedFd,
 }
 
@@ -51,16 +51,16 @@ impl Drop for AdmissionGuard {
 /// A connection that a review closed, and why.
 #[derive(Debug)]
 pub struct Revoked {
-    pub attrs: ConnectionAttrs,
+    pub conn: Inbound,
     pub decision: Decision,
 }
 
 impl AdmittedConnections {
     /// Registers an admitted connection whose app-side socket is `socket`.
-    pub fn admit(&self, attrs: ConnectionAttrs, socket: &impl AsFd) -> io::Result<AdmissionGuard> {
+    pub fn admit(&self, conn: Inbound, socket: &impl AsFd) -> io::Result<AdmissionGuard> {
         let socket = socket.as_fd().try_clone_to_owned()?;
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        lock(&self.inner.open).insert(id, Admitted { attrs, socket });
+        lock(&self.inner.open).insert(id, Admitted { conn, socket });
         Ok(AdmissionGuard {
             registry: Arc::downgrade(&self.inner),
             id,
@@ -69,18 +69,18 @@ impl AdmittedConnections {
 
     /// Decides every open connection again with `decide`; shuts down those now
     /// denied and returns them.
-    pub fn review(&self, decide: impl Fn(&ConnectionAttrs) -> Decision) -> Vec<Revoked> {
+    pub fn review(&self, decide: impl Fn(&Inbound) -> Decision) -> Vec<Revoked> {
         let mut open = lock(&self.inner.open);
         let mut revoked = Vec::new();
         open.retain(|_, admitted| {
-            let decision = decide(&admitted.attrs);
+            let decision = decide(&admitted.conn);
             if decision.is_allowed() {
                 return true;
             }
             // Best effort: the peer may have closed it a moment ago.
             let _ = SockRef::from(&admitted.socket).shutdown(std::net::Shutdown::Both);
             revoked.push(Revoked {
-                attrs: admitted.attrs.clone(),
+                conn: admitted.conn.clone(),
                 decision,
             });
             false
@@ -109,10 +109,13 @@ mod tests {
     use std::os::unix::net::UnixStream;
 
     use super::*;
-    use crate::policy::Verdict;
+    use crate::policy::{ConnectionAttrs, Verdict};
 
-    fn attrs(port: u16) -> ConnectionAttrs {
-        ConnectionAttrs::plaintext(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
+    fn attrs(port: u16) -> Inbound {
+        Inbound::plaintext(
+            ConnectionAttrs::plaintext(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
+            false,
+        )
     }
 
     fn decision(verdict: Verdict) -> Decision {
@@ -131,14 +134,14 @@ mod tests {
         let _deny = registry.admit(attrs(2), &deny_proxy).expect("admit");
 
         let revoked = registry.review(|a| {
-            decision(if a.destination_port == 2 {
+            decision(if a.attrs.destination_port == 2 {
                 Verdict::NotAllowed
             } else {
                 Verdict::AllowedNoPolicy
             })
         });
         assert_eq!(revoked.len(), 1);
-        assert_eq!(revoked[0].attrs.destination_port, 2);
+        assert_eq!(revoked[0].conn.attrs.destination_port, 2);
         assert_eq!(registry.len(), 1);
 
         // The denied socket reads end-of-file at its peer; the kept one works.

@@ -9,15 +9,15 @@ use std::net::{IpAddr, SocketAddr};
 use tokio::net::TcpStream;
 use tokio_rustls::server;
 use tokio_util::either::Either;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::pod_context::{NetnsDialer, PodContext};
 use super::resolve::workload_label;
 use crate::identity::tls;
-use crate::policy::{self, AdmissionGuard, ConnectionAttrs, Decision};
+use crate::policy::{self, AdmissionGuard, ConnectionAttrs, Decision, Inbound, Verdict};
 use crate::proxy::InboundContext;
 use crate::proxy::tunnel::Refusal;
-use crate::state::{MtlsMode, Snapshot, Workload};
+use crate::state::{Snapshot, Workload};
 use crate::telemetry::{ConnectionLabels, Reporter, SecurityPolicy};
 
 /// Who is at the other end of a tunnel connection.
@@ -50,16 +50,26 @@ impl PodContext {
             .unwrap_or(&self.workload)
     }
 
-    /// Decides `attrs` now; logs refusals and audits with the deciding policy.
-    fn decide(&self, attrs: &ConnectionAttrs) -> Result<(), Refusal> {
+    /// Decides `conn` against the current snapshot; logs refusals and audits
+    /// with the deciding policy.
+    fn decide(&self, conn: &Inbound) -> Result<(), Refusal> {
         let snapshot = self.state.current();
-        let decision = policy::evaluate(&snapshot, self.current_workload(&snapshot), attrs);
-        log_audits(&self.workload, attrs, &decision);
+        let decision = policy::admit(&snapshot, self.current_workload(&snapshot), conn);
+        log_audits(&self.workload, &conn.attrs, &decision);
         if decision.is_allowed() {
             return Ok(());
         }
-        info!(pod = %self.workload.key, connection = %attrs, decision = %decision.verdict, "connection refused by policy");
-        Err(Refusal::forbidden(format!("{attrs}: {}", decision.verdict)))
+        // A remote peer triggers this at will: debug only, the refusal is counted.
+        debug!(pod = %self.workload.key, connection = %conn.attrs, decision = %decision.verdict, "connection refused");
+        let reason = format!("{}: {}", conn.attrs, decision.verdict);
+        Err(match decision.verdict {
+            Verdict::AgentPort => Refusal::bad_request(reason),
+            _ => Refusal::forbidden(reason),
+        })
+    }
+
+    fn is_node(&self, peer: IpAddr) -> bool {
+        Some(peer) == self.node_addr
     }
 
     fn inbound_labels(&self, peer: IpAddr, principal: Option<&str>) -> ConnectionLabels {
@@ -96,16 +106,16 @@ impl PodContext {
         let workload = self.current_workload(&snapshot);
         let revoked = self
             .admitted
-            .review(|attrs| policy::evaluate(&snapshot, workload, attrs));
+            .review(|conn| policy::admit(&snapshot, workload, conn));
         for r in revoked {
-            warn!(pod = %self.workload.key, connection = %r.attrs, decision = %r.decision.verdict, "open connection closed: policy now denies it");
+            warn!(pod = %self.workload.key, connection = %r.conn.attrs, decision = %r.decision.verdict, "open connection closed: policy now denies it");
             self.metrics.revoked();
         }
     }
 
-    fn admit(&self, attrs: ConnectionAttrs, upstream: &TcpStream) -> Option<AdmissionGuard> {
+    fn admit(&self, conn: Inbound, upstream: &TcpStream) -> Option<AdmissionGuard> {
         self.admitted
-            .admit(attrs, upstream)
+            .admit(conn, upstream)
             .inspect_err(|e| warn!(pod = %self.workload.key, error = %e, "cannot keep a connection under policy review"))
             .ok()
     }
@@ -161,7 +171,7 @@ impl InboundContext for PodContext {
                 self.workload.key
             )));
         }
-        self.decide(&peer.attrs(target.port()))?;
+        self.decide(&Inbound::tunnel(peer.attrs(target.port())))?;
         Ok(self.inbound_labels(peer.addr.ip(), peer.identity.as_deref()))
     }
 
@@ -170,18 +180,8 @@ impl InboundContext for PodContext {
         peer: SocketAddr,
         local: SocketAddr,
     ) -> Result<ConnectionLabels, Refusal> {
-        let from_node = Some(peer.ip()) == self.node_addr;
-        if self.workload.mtls == MtlsMode::Strict && !from_node {
-            info!(pod = %self.workload.key, %peer, "plaintext refused: namespace is strict mTLS");
-            return Err(Refusal::forbidden(format!(
-                "namespace {} is strict mTLS: plaintext from {peer} refused",
-                self.workload.key.namespace
-            )));
-        }
-        // The node's own probes are not subject to workload policy.
-        if !from_node {
-            self.decide(&ConnectionAttrs::plaintext(peer.ip(), local.port()))?;
-        }
+        let conn = ConnectionAttrs::plaintext(peer.ip(), local.port());
+        self.decide(&Inbound::plaintext(conn, self.is_node(peer.ip())))?;
         Ok(self.inbound_labels(peer.ip(), None))
     }
 
@@ -191,7 +191,7 @@ impl InboundContext for PodContext {
         target: SocketAddr,
         upstream: &TcpStream,
     ) -> Option<AdmissionGuard> {
-        self.admit(peer.attrs(target.port()), upstream)
+        self.admit(Inbound::tunnel(peer.attrs(target.port())), upstream)
     }
 
     fn review_plaintext(
@@ -200,12 +200,7 @@ impl InboundContext for PodContext {
         local: SocketAddr,
         upstream: &TcpStream,
     ) -> Option<AdmissionGuard> {
-        let from_node = Some(peer.ip()) == self.node_addr;
-        (!from_node).then(|| {
-            self.admit(
-                ConnectionAttrs::plaintext(peer.ip(), local.port()),
-                upstream,
-            )
-        })?
+        let conn = ConnectionAttrs::plaintext(peer.ip(), local.port());
+        self.admit(Inbound::plaintext(conn, self.is_node(peer.ip())), upstream)
     }
 }

@@ -1,0 +1,67 @@
+//! The whole inbound decision for one connection to one pod (docs/security.md):
+//! never the agent's own ports, strict mTLS for plaintext, then
+//! AuthorizationPolicy. The same decision admits a connection and reviews it
+//! while it is open, always against the current snapshot.
+
+use mesh_common::{INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, TUNNEL_PORT};
+
+use super::{ConnectionAttrs, Decision, Verdict, evaluate};
+use crate::state::{MtlsMode, Snapshot, Workload};
+
+/// The agent's listeners in every enrolled pod. As a target they would make the
+/// agent dial itself inside the pod, over and over (issue 13, defect 1).
+pub const AGENT_PORTS: [u16; 3] = [OUTBOUND_PORT, INBOUND_PLAINTEXT_PORT, TUNNEL_PORT];
+
+/// How a connection reached the pod.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// Through the tunnel (`15008`): the peer's identity is in the attributes.
+    Tunnel,
+    /// Plaintext steered to `15006`; `from_node` when its source is the
+    /// node's own address.
+    Plaintext { from_node: bool },
+}
+
+/// One inbound connection as the admission decision sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Inbound {
+    pub attrs: ConnectionAttrs,
+    pub transport: Transport,
+}
+
+impl Inbound {
+    pub fn tunnel(attrs: ConnectionAttrs) -> Self {
+        Self {
+            attrs,
+            transport: Transport::Tunnel,
+        }
+    }
+
+    pub fn plaintext(attrs: ConnectionAttrs, from_node: bool) -> Self {
+        Self {
+            attrs,
+            transport: Transport::Plaintext { from_node },
+        }
+    }
+}
+
+/// Decides `conn` to `workload` (as the current snapshot has it).
+pub fn admit(snapshot: &Snapshot, workload: &Workload, conn: &Inbound) -> Decision {
+    let port = conn.attrs.destination_port;
+    if AGENT_PORTS.contains(&port) {
+        return Decision::from(Verdict::AgentPort);
+    }
+    if let Transport::Plaintext { from_node } = conn.transport {
+        // The node itself: kubelet probes.
+        if from_node {
+            return Decision::from(Verdict::NodeProbe);
+        }
+        if workload.mtls == MtlsMode::Strict {
+            return Decision::from(Verdict::StrictMtls);
+        }
+    }
+    evaluate(snapshot, workload, &conn.attrs)
+}
+
+#[cfg(test)]
+mod tests;
