@@ -16,6 +16,10 @@
 //! - `say ADDR TEXT`: one connection; sends TEXT and checks the echo matches.
 //! - `stream ADDR --secs S`: one connection echoing a line every 100 ms until
 //!   it is closed under us or S seconds pass; prints how it ended.
+//! - `flood ADDR --rate R --secs S --hold-ms H`: R connection attempts per second
+//!   that never speak (as an unauthenticated client stuck before its TLS
+//!   handshake), each kept open H ms unless the server closes it first; prints
+//!   how many connected and how many failed to.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -33,6 +37,7 @@ fn main() {
         Some("hold") => hold(&args),
         Some("say") => say(&args),
         Some("stream") => stream(&args),
+        Some("flood") => flood(&args),
         _ => Err("usage: weft-load echo|sink PORT | rr|connect|bulk ADDR [options]".into()),
     };
     if let Err(e) = result {
@@ -192,6 +197,40 @@ fn hold(args: &[String]) -> Result<()> {
         }
     }
     println!("{{\"survived\":{survived}}}");
+    Ok(())
+}
+
+fn flood(args: &[String]) -> Result<()> {
+    let addr: std::net::SocketAddr = positional(args)?
+        .parse()
+        .map_err(|e| format!("address: {e}"))?;
+    let (rate, secs) = (flag(args, "--rate", 500)?, flag(args, "--secs", 10)?);
+    let hold = Duration::from_millis(flag(args, "--hold-ms", 1000)?);
+    let interval = Duration::from_secs(1) / rate.max(1) as u32;
+    let start = Instant::now();
+    let mut open: std::collections::VecDeque<(Instant, TcpStream)> = Default::default();
+    let (mut attempts, mut connected, mut failed) = (0u64, 0u64, 0u64);
+    while start.elapsed() < Duration::from_secs(secs) {
+        let due = start + interval * attempts as u32;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        attempts += 1;
+        match TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
+            Ok(s) => {
+                connected += 1;
+                open.push_back((Instant::now() + hold, s));
+            }
+            Err(_) => failed += 1,
+        }
+        while open
+            .front()
+            .is_some_and(|(until, _)| *until <= Instant::now())
+        {
+            open.pop_front();
+        }
+    }
+    println!("{{\"attempts\":{attempts},\"connected\":{connected},\"failed\":{failed}}}");
     Ok(())
 }
 
