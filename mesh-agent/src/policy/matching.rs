@@ -76,7 +76,7 @@ fn value_matches(pattern: &str, value: Option<&str>) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::value_matches;
+    use super::{ConnectionAttrs, Source, source_matches, value_matches};
 
     #[test]
     fn string_matching_follows_istio() {
@@ -90,5 +90,35 @@ mod tests {
         ));
         assert!(!value_matches("cluster.local/ns/shop/sa/front", v));
         assert!(!value_matches("*", None));
+    }
+
+    /// The namespace is the SPIFFE id's, parsed: not whatever follows the first
+    /// `ns` segment, which a trust domain or an extra path segment could spoof.
+    #[test]
+    fn namespace_comes_from_a_parsed_spiffe_id() {
+        let ns = |id: &str| ConnectionAttrs::authenticated(id, [10, 0, 0, 1].into(), 80).namespace;
+        assert_eq!(
+            ns("spiffe://cluster.local/ns/shop/sa/web").as_deref(),
+            Some("shop")
+        );
+        assert_eq!(ns("spiffe://td/ns/a/sa/ns").as_deref(), Some("a"));
+        for spoof in [
+            "spiffe://ns/payments/sa/billing",
+            "ns/payments/sa/billing",
+            "spiffe://td/x/ns/payments/sa/billing",
+            "spiffe://td/ns/payments/sa/billing/x",
+            "spiffe:///ns/payments/sa/billing",
+        ] {
+            assert_eq!(ns(spoof), None, "{spoof}");
+        }
+        let payments = Source {
+            namespaces: vec!["payments".into()],
+            ..Source::default()
+        };
+        let conn =
+            ConnectionAttrs::authenticated("spiffe://ns/payments/sa/x", [10, 0, 0, 1].into(), 80);
+        assert!(!source_matches(&payments, &conn));
+        // The principal is still what the peer proved, for principal rules.
+        assert_eq!(conn.principal.as_deref(), Some("ns/payments/sa/x"));
     }
 }

@@ -42,14 +42,16 @@ pub struct ConnectionAttrs {
 }
 
 impl ConnectionAttrs {
-    /// Attributes of a connection whose client proved `spiffe_id`.
+    /// Attributes of a connection whose client proved `spiffe_id`. The namespace
+    /// is that of the parsed workload id (`spiffe://<td>/ns/<ns>/sa/<sa>`); an id
+    /// of another shape has none, so `namespaces` rules never match it
+    /// (docs/security.md).
     pub fn authenticated(spiffe_id: &str, source_ip: IpAddr, destination_port: u16) -> Self {
         let principal = spiffe_id.strip_prefix("spiffe://").unwrap_or(spiffe_id);
-        let namespace = principal
-            .split('/')
-            .skip_while(|part| *part != "ns")
-            .nth(1)
-            .map(str::to_owned);
+        let namespace = spiffe_id
+            .parse::<crate::identity::SpiffeId>()
+            .ok()
+            .map(|id| id.namespace().to_owned());
         Self {
             principal: Some(principal.to_owned()),
             namespace,

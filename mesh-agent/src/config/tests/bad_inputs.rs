@@ -211,3 +211,35 @@ fn example_is_valid() {
         panic!("{e}");
     }
 }
+
+/// Istio refuses a `source` or `operation` that sets no field: it would match
+/// every peer or every request, so an ALLOW rule from a template with the
+/// values left out would allow everything (docs/security.md).
+#[test]
+fn empty_source_or_operation_is_refused() {
+    for (rule, field, what) in [
+        (
+            "rules: [{from: [{source: {}}]}]",
+            "spec.rules[0].from[0].source",
+            "principals",
+        ),
+        (
+            "rules: [{from: [{source: {principals: [a]}}]}, {to: [{operation: {ports: [80]}}, {operation: {}}]}]",
+            "spec.rules[1].to[1].operation",
+            "ports",
+        ),
+    ] {
+        let src = format!("{BASE}---\n{}", authz(&format!("action: ALLOW\n  {rule}")));
+        let errors = load_str("mesh.yaml", &src).expect_err("an empty match is refused");
+        assert_eq!(errors.len(), 1, "{errors}");
+        let msg = errors.to_string();
+        assert!(
+            msg.contains(&format!(
+                "AuthorizationPolicy shop/p: {field}: must set at least one field"
+            )),
+            "{msg}"
+        );
+        assert!(msg.contains(what), "{msg}");
+        assert!(errors.0[0].line.is_some_and(|l| l > 17), "{msg}");
+    }
+}

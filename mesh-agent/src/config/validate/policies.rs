@@ -1,6 +1,6 @@
 //! Checks of AuthorizationPolicy and TrafficPolicy.
 
-use crate::config::resources::weft::{AuthorizationPolicy, TrafficPolicy};
+use crate::config::resources::weft::{AuthorizationPolicy, Operation, Source, TrafficPolicy};
 
 use super::{Ck, fields::metadata};
 
@@ -14,6 +14,13 @@ pub fn authorization(ck: &mut Ck<'_>, p: &AuthorizationPolicy) {
         for (j, from) in rule.from.iter().enumerate() {
             let f = format!("spec.rules[{i}].from[{j}].source");
             let s = &from.source;
+            if *s == Source::default() {
+                ck.err(
+                    &f,
+                    "must set at least one field (principals, notPrincipals, namespaces, notNamespaces, \
+                     ipBlocks, notIpBlocks): an empty source matches every peer; leave out `from` to mean any source",
+                );
+            }
             for (name, list) in [
                 ("principals", &s.principals),
                 ("notPrincipals", &s.not_principals),
@@ -33,6 +40,13 @@ pub fn authorization(ck: &mut Ck<'_>, p: &AuthorizationPolicy) {
         for (j, to) in rule.to.iter().enumerate() {
             let f = format!("spec.rules[{i}].to[{j}].operation");
             let o = &to.operation;
+            if *o == Operation::default() {
+                ck.err(
+                    &f,
+                    "must set at least one field (ports, notPorts, methods, notMethods, paths, notPaths): \
+                     an empty operation matches every request; leave out `to` to mean any operation",
+                );
+            }
             for (name, list) in [("ports", &o.ports), ("notPorts", &o.not_ports)] {
                 for (k, port) in list.iter().enumerate() {
                     ck.port(format!("{f}.{name}[{k}]"), (*port).into());
@@ -137,5 +151,36 @@ pub fn traffic(ck: &mut Ck<'_>, p: &TrafficPolicy) {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{parse::parse_object, validate::validate_object};
+
+    /// The cluster source's per-object check refuses the same empty matches as
+    /// the file source.
+    #[test]
+    fn cluster_object_with_empty_source_is_refused() {
+        let obj = serde_json::json!({
+            "apiVersion": "weft.dev/v1alpha1",
+            "kind": "AuthorizationPolicy",
+            "metadata": {"name": "p", "namespace": "shop"},
+            "spec": {"action": "ALLOW", "rules": [{"from": [{"source": {}}], "to": [{"operation": {}}]}]},
+        });
+        let (parsed, errors) = parse_object(obj);
+        assert!(errors.is_empty(), "{errors:?}");
+        let (resource, origin) = parsed.expect("typed");
+        let fields: Vec<_> = validate_object(&resource, &origin)
+            .into_iter()
+            .filter_map(|e| e.field)
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.rules[0].from[0].source",
+                "spec.rules[0].to[0].operation"
+            ]
+        );
     }
 }
