@@ -13,6 +13,11 @@ pub const OUTBOUND_PORT: u16 = 15001;
 pub const INBOUND_PLAINTEXT_PORT: u16 = 15006;
 pub const TUNNEL_PORT: u16 = 15008;
 
+/// Version of the pinned maps' layouts (keys, values, sizes). Bump it whenever
+/// one changes: the agent pins under a directory named after it and refuses to
+/// adopt pins of another version (`mesh-agent reset` removes them).
+pub const PIN_LAYOUT_VERSION: u32 = 2;
+
 /// Names of the maps, as the agent looks them up in the object and pins them.
 pub mod map_names {
     pub const ENROLLED_NETNS: &str = "ENROLLED_NETNS";
@@ -113,15 +118,20 @@ pub struct PortKey {
     pub netns_cookie: u64,
     /// The application socket's local port (host order).
     pub port: u16,
-    pub _pad: [u8; 6],
+    /// The connection's family as the agent accepts it: `AF_INET` (an IPv4
+    /// socket, or an IPv6 one to an IPv4-mapped address) or `AF_INET6`. An IPv4
+    /// and an IPv6 socket may share a local port.
+    pub family: u16,
+    pub _pad: [u8; 4],
 }
 
 impl PortKey {
-    pub const fn new(netns_cookie: u64, port: u16) -> Self {
+    pub const fn new(netns_cookie: u64, port: u16, family: u16) -> Self {
         PortKey {
             netns_cookie,
             port,
-            _pad: [0; 6],
+            family,
+            _pad: [0; 4],
         }
     }
 }
@@ -224,6 +234,14 @@ mod tests {
         assert_eq!(core::mem::size_of::<PodIpKey>(), 16);
         assert_eq!(core::mem::size_of::<InboundConfig>(), 16);
         assert_eq!(core::mem::size_of::<KubepodsConfig>(), 40);
+    }
+
+    #[test]
+    fn port_keys_of_the_two_families_differ() {
+        assert_ne!(
+            PortKey::new(7, 41234, AF_INET),
+            PortKey::new(7, 41234, AF_INET6)
+        );
     }
 
     #[test]

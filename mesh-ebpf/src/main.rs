@@ -328,7 +328,7 @@ fn on_established(ctx: &SockOpsContext) {
     let Some(orig) = (unsafe { ORIG_DST_BY_COOKIE.get(&cookie) }).copied() else {
         return;
     };
-    let key = PortKey::new(netns, ctx.local_port() as u16);
+    let key = PortKey::new(netns, ctx.local_port() as u16, connection_family(ctx));
     if ORIG_DST_BY_PORT.insert(&key, &orig, 0).is_ok() {
         count(stats::ORIG_DST_PUBLISHED);
     }
@@ -342,7 +342,24 @@ fn on_close(ctx: &SockOpsContext) {
     let (cookie, netns) =
         unsafe { (bpf_get_socket_cookie(ctx.as_ptr()), bpf_get_netns_cookie(ctx.as_ptr())) };
     let _ = ORIG_DST_BY_COOKIE.remove(&cookie);
-    let _ = ORIG_DST_BY_PORT.remove(&PortKey::new(netns, ctx.local_port() as u16));
+    let key = PortKey::new(netns, ctx.local_port() as u16, connection_family(ctx));
+    let _ = ORIG_DST_BY_PORT.remove(&key);
+}
+
+/// The family of the connection as the agent's listener sees it: an IPv6 socket
+/// connected to an IPv4-mapped address (redirected to 127.0.0.1) is IPv4 there.
+#[inline(always)]
+fn connection_family(ctx: &SockOpsContext) -> u16 {
+    if ctx.family() != u32::from(AF_INET6) {
+        return AF_INET;
+    }
+    let remote = ctx.remote_ip6();
+    let mapped = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+    if remote[0] == 0 && remote[1] == 0 && remote[2] == mapped {
+        AF_INET
+    } else {
+        AF_INET6
+    }
 }
 
 /// The saved original destination of a redirected socket.

@@ -61,7 +61,7 @@ fn meshed_connect_is_redirected_and_unmeshed_is_not() -> Result<()> {
         "the redirected connection arrives over loopback, got {app}"
     );
     assert_eq!(
-        programs.maps().original_destination(cookie, app.port()),
+        programs.maps().original_destination(cookie, app),
         Some(real_addr),
         "the original destination is published under (netns cookie, app port)"
     );
@@ -70,10 +70,7 @@ fn meshed_connect_is_redirected_and_unmeshed_is_not() -> Result<()> {
     assert_eq!(output_ok(client.wait_with_output()?)?, "captured\n");
     // ... and removed once it closes.
     std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(
-        programs.maps().original_destination(cookie, app.port()),
-        None
-    );
+    assert_eq!(programs.maps().original_destination(cookie, app), None);
     let stats = programs.maps().stats();
     assert!(
         stats.connect_redirected >= 1 && stats.orig_dst_published >= 1,
@@ -212,5 +209,93 @@ fn pod_enrolled_closed_refuses_outbound_and_drops_inbound() -> Result<()> {
     programs.unenrol(enrolment.netns_cookie, &enrolment.pod_ips)?;
     assert_eq!(tcp_read_from(closed, other_addr)?, "other\n");
     assert_eq!(tcp_read_from(other, closed_addr)?, "closed\n");
+    Ok(())
+}
+
+/// An IPv4 and an IPv6 socket of the pod bound to the same local port, both
+/// connected (to addresses nobody serves: the capture answers), then waiting.
+const SAME_PORT_CLIENTS: &str = r#"
+import socket, sys, time
+port = int(sys.argv[1])
+v4 = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+v4.bind(("0.0.0.0", port))
+v4.connect(("10.88.200.1", 8080))
+v6 = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+v6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+v6.bind(("::", port))
+v6.connect(("fd00:200::1", 8443))
+print("connected", flush=True)
+time.sleep(10)
+"#;
+
+#[test]
+fn v4_and_v6_sockets_on_one_local_port_keep_their_original_destinations() -> Result<()> {
+    let mut lab = Lab::new()?;
+    lab.add_node("node-a")?;
+    lab.add_pod("node-a", "meshed", None)?;
+    lab.wait_until_forwarding()?;
+    let meshed = lab.pod("meshed")?;
+    // Stand-ins for the agent's outbound listeners, on one port for both families.
+    let capture4 = meshed.in_netns(|| TcpListener::bind("127.0.0.1:0"))??;
+    let port = capture4.local_addr()?.port();
+    let capture6 = meshed.in_netns(move || TcpListener::bind(("::1", port)))??;
+
+    let mut programs = KernelPrograms::open(&LoadOptions {
+        cgroup: lab.cgroup().to_path_buf(),
+        bpffs_dir: lab.bpffs("same-port")?,
+        kernel_log_level: 3,
+    })?;
+    let cookie = netns_cookie(&Netns::open(meshed.netns_path())?)?;
+    let enrolment = PodEnrolment {
+        netns_cookie: cookie,
+        pod_ips: vec![IpAddr::V4(meshed.ip)],
+        outbound_port: port,
+        node_addr: None,
+    };
+    programs.enrol(&enrolment, None)?;
+
+    let mut clients = meshed
+        .command("python3")
+        .args(["-c", SAME_PORT_CLIENTS, "41234"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let accepted = accept_within(&capture4, Duration::from_secs(5))
+        .and_then(|(c4, app4)| Ok((c4, app4, accept_within(&capture6, Duration::from_secs(5))?)));
+    let ((_c4, app4, (_c6, app6)), _) = match accepted {
+        Ok(a) => (a, ()),
+        Err(e) => {
+            let _ = clients.kill();
+            let out = clients.wait_with_output()?;
+            anyhow::bail!("{e:#}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    };
+    assert_eq!((app4.port(), app6.port()), (41234, 41234));
+    let v4 = programs.maps().original_destination(cookie, app4);
+    let v6 = programs.maps().original_destination(cookie, app6);
+    let _ = clients.kill();
+    let _ = clients.wait();
+    assert_eq!(v4, Some("10.88.200.1:8080".parse()?), "the IPv4 socket's");
+    assert_eq!(v6, Some("[fd00:200::1]:8443".parse()?), "the IPv6 socket's");
+    Ok(())
+}
+
+#[test]
+fn pins_of_an_older_layout_are_refused_with_the_fix() -> Result<()> {
+    let lab = Lab::new()?;
+    let bpffs_dir = lab.bpffs("old-layout")?;
+    // Version 1 pinned straight under the directory.
+    std::fs::create_dir_all(bpffs_dir.join("maps"))?;
+    let opts = LoadOptions {
+        cgroup: lab.cgroup().to_path_buf(),
+        bpffs_dir: bpffs_dir.clone(),
+        kernel_log_level: 3,
+    };
+    let err = KernelPrograms::open(&opts)
+        .err()
+        .expect("an older agent's pins are not adopted");
+    assert!(format!("{err:#}").contains("mesh-agent reset"), "{err:#}");
+    mesh_agent::ebpf::remove_pins(&mesh_agent::ebpf::PinLayout::new(&bpffs_dir))?;
+    KernelPrograms::open(&opts)?;
     Ok(())
 }

@@ -72,19 +72,20 @@ impl KernelPrograms {
     /// otherwise loads, attaches and pins them.
     pub fn open(opts: &LoadOptions) -> Result<Self> {
         let layout = PinLayout::new(&opts.bpffs_dir);
+        refuse_other_versions(&layout)?;
         if layout.cgroup_link(prog::CONNECT4).exists() {
             let adopted = Self::adopt(&layout).with_context(|| {
                 format!(
                     "adopt the programs pinned under {}",
-                    layout.root().display()
+                    layout.version_dir().display()
                 )
             })?;
-            info!(bpffs = %layout.root().display(), "adopted pinned kernel programs");
+            info!(bpffs = %layout.version_dir().display(), "adopted pinned kernel programs");
             return Ok(adopted);
         }
         match Self::load(opts, &layout) {
             Ok(loaded) => {
-                info!(cgroup = %opts.cgroup.display(), bpffs = %layout.root().display(), "loaded and attached kernel programs");
+                info!(cgroup = %opts.cgroup.display(), bpffs = %layout.version_dir().display(), "loaded and attached kernel programs");
                 Ok(loaded)
             }
             Err(err) => {
@@ -223,6 +224,26 @@ impl KernelPrograms {
     }
 }
 
+/// Pins of another layout version are attached programs with maps this agent
+/// cannot read or write correctly: never adopt them, never load beside them
+/// (two sets of programs would capture the same pods).
+fn refuse_other_versions(layout: &PinLayout) -> Result<()> {
+    let found = layout.other_versions();
+    if found.is_empty() {
+        return Ok(());
+    }
+    let dirs: Vec<String> = found.iter().map(|d| d.display().to_string()).collect();
+    bail!(
+        "kernel programs of another agent version are pinned under {} (map layout \
+         version {} expected in {}); run `mesh-agent reset --bpffs-dir {}` to remove \
+         them (meshed pods are not captured until this agent starts), then start it again",
+        dirs.join(", "),
+        mesh_common::PIN_LAYOUT_VERSION,
+        layout.version_dir().display(),
+        layout.root().display()
+    )
+}
+
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
     ebpf.program_mut(name)
         .with_context(|| format!("program {name} is missing from the embedded object"))
@@ -270,16 +291,29 @@ fn detach_pinned_link(pin: &Path) -> Result<()> {
 
 /// Removes everything the agent pinned under its bpffs directory: every link is
 /// detached and the programs and maps are freed once no process holds them.
+/// Pins of every layout version are removed, older agents' included.
 pub fn remove_pins(layout: &PinLayout) -> Result<()> {
     if !layout.root().exists() {
         return Ok(());
     }
-    if let Ok(entries) = std::fs::read_dir(layout.links_dir()) {
+    for version in layout.all_versions() {
+        remove_version(&version)?;
+        if version != layout.root() && version.exists() {
+            std::fs::remove_dir(&version)
+                .with_context(|| format!("remove {}", version.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes one version's pins: `links/`, `progs/` and `maps/` under `dir`.
+fn remove_version(dir: &Path) -> Result<()> {
+    if let Ok(entries) = std::fs::read_dir(dir.join("links")) {
         for entry in entries.filter_map(Result::ok) {
             detach_pinned_link(&entry.path())?;
         }
     }
-    for dir in [layout.links_dir(), layout.progs_dir(), layout.maps_dir()] {
+    for dir in ["links", "progs", "maps"].map(|d| dir.join(d)) {
         if let Ok(entries) = std::fs::read_dir(&dir) {
             for entry in entries.filter_map(Result::ok) {
                 std::fs::remove_file(entry.path())

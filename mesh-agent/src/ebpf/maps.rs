@@ -5,7 +5,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use anyhow::{Context, Result};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, SockHash};
 use mesh_common::{
-    InboundConfig, KubepodsConfig, NetnsConfig, OrigDst, PodIpKey, PortKey, map_names, stats,
+    AF_INET, AF_INET6, InboundConfig, KubepodsConfig, NetnsConfig, OrigDst, PodIpKey, PortKey,
+    map_names, stats,
 };
 
 use super::pins::PinLayout;
@@ -45,11 +46,12 @@ impl MapHandles {
     }
 
     /// The original destination of a redirected connection, looked up by the
-    /// application's netns and local port (the peer port the agent accepted).
-    pub fn original_destination(&self, netns_cookie: u64, app_port: u16) -> Option<SocketAddr> {
+    /// application's netns and its end of the connection (the peer the agent
+    /// accepted).
+    pub fn original_destination(&self, netns_cookie: u64, app: SocketAddr) -> Option<SocketAddr> {
         let orig = self
             .orig_dst_by_port
-            .get(&PortKey::new(netns_cookie, app_port), 0)
+            .get(&port_key(netns_cookie, app), 0)
             .ok()?;
         Some(orig_dst_to_socket_addr(&orig))
     }
@@ -109,6 +111,16 @@ pub fn orig_dst_to_socket_addr(orig: &OrigDst) -> SocketAddr {
     SocketAddr::new(ip, orig.port)
 }
 
+/// The `ORIG_DST_BY_PORT` key of a redirected connection whose application end
+/// the agent accepted as `app`, in the pod netns `netns_cookie`.
+pub fn port_key(netns_cookie: u64, app: SocketAddr) -> PortKey {
+    let family = match app.ip().to_canonical() {
+        IpAddr::V4(_) => AF_INET,
+        IpAddr::V6(_) => AF_INET6,
+    };
+    PortKey::new(netns_cookie, app.port(), family)
+}
+
 pub fn pod_ip_key(ip: IpAddr) -> PodIpKey {
     match ip {
         IpAddr::V4(v4) => PodIpKey::v4(v4.octets()),
@@ -135,6 +147,19 @@ mod tests {
             orig_dst_to_socket_addr(&orig),
             "10.96.0.10:8080".parse().unwrap()
         );
+    }
+
+    #[test]
+    fn port_key_carries_the_family_of_the_accepted_peer() {
+        let key = |s: &str| port_key(7, s.parse().unwrap());
+        assert_eq!(key("127.0.0.1:41234"), PortKey::new(7, 41234, AF_INET));
+        assert_eq!(key("[::1]:41234"), PortKey::new(7, 41234, AF_INET6));
+        // A dual-stack listener would see an IPv4 peer as mapped: still IPv4.
+        assert_eq!(
+            key("[::ffff:127.0.0.1]:41234"),
+            PortKey::new(7, 41234, AF_INET)
+        );
+        assert_ne!(key("127.0.0.1:41234"), key("[::1]:41234"));
     }
 
     #[test]

@@ -15,5 +15,5 @@ pub use enrol::{InboundEnrolment, PodEnrolment};
 pub use gate::KubepodsRoot;
 pub use load::{KernelPrograms, LoadOptions, Origin, remove_pins};
 pub use logs::forward_kernel_logs;
-pub use maps::{KernelStats, MapHandles, orig_dst_to_socket_addr};
+pub use maps::{KernelStats, MapHandles, orig_dst_to_socket_addr, port_key};
 pub use pins::PinLayout;

@@ -14,7 +14,7 @@ use tokio_rustls::client;
 use tokio_util::either::Either;
 
 use super::resolve::{PoolKey, resolve};
-use crate::ebpf::orig_dst_to_socket_addr;
+use crate::ebpf::{orig_dst_to_socket_addr, port_key};
 use crate::identity::{CertManager, SpiffeId, tls};
 use crate::netns::{Netns, connect_marked};
 use crate::policy::AdmittedConnections;
@@ -65,7 +65,7 @@ impl OutboundContext for PodContext {
     fn original_destination(&self, peer: SocketAddr) -> Option<SocketAddr> {
         let orig = self
             .orig_dst
-            .get(&PortKey::new(self.netns_cookie, peer.port()), 0)
+            .get(&port_key(self.netns_cookie, peer), 0)
             .ok()?;
         Some(orig_dst_to_socket_addr(&orig))
     }
