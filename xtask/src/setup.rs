@@ -30,7 +30,9 @@ const EBPF_PACKAGES: &[&str] = &[
 ];
 /// Tools the lab, the tests and the demo run: iproute2 (ip, bridge), util-linux
 /// (nsenter, setpriv, mount), curl and tcpdump as real clients and captures,
-/// procps (sysctl) for the bench's pods.
+/// procps (sysctl) for the bench's pods; the bench's Envoy comparison runs
+/// wrk and signs Envoy's certificates with openssl (Envoy itself is installed
+/// by `cargo xtask bench`, not here).
 const LAB_PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("bridge", "iproute2"),
@@ -39,6 +41,8 @@ const LAB_PACKAGES: &[(&str, &str)] = &[
     ("setpriv", "util-linux"),
     ("curl", "curl"),
     ("tcpdump", "tcpdump"),
+    ("wrk", "wrk"),
+    ("openssl", "openssl"),
 ];
 /// What `cargo xtask image` builds the image with (umoci) and the tests check it
 /// with (skopeo): no container engine, no daemon.

@@ -1,7 +1,10 @@
 //! `weft-load`: the lab's traffic tool, run as a real process inside lab pods.
 //!
 //! Servers: `echo PORT` (echoes everything), `sink PORT` (reads and discards,
-//! then reports the byte count back when the client half-closes).
+//! then reports the byte count back when the client half-closes), `http PORT`
+//! (a minimal HTTP/1.1 server for the bench's wrk workload: every request, read
+//! up to its blank line, gets `200` with a 1 KiB body on a kept-alive connection;
+//! request bodies are not supported).
 //! Clients, each printing one JSON line:
 //! - `rr ADDR --conns N --secs S --size B`: N connections, each sending B bytes
 //!   and waiting for the B-byte echo, back to back; latency percentiles.
@@ -30,6 +33,7 @@ fn main() {
     let result = match args.first().map(String::as_str) {
         Some("echo") => serve(&args, echo),
         Some("sink") => serve(&args, sink),
+        Some("http") => serve(&args, http),
         Some("rr") => request_response(&args),
         Some("connect") => connect_rate(&args),
         Some("bulk") => bulk(&args),
@@ -38,7 +42,7 @@ fn main() {
         Some("say") => say(&args),
         Some("stream") => stream(&args),
         Some("flood") => flood(&args),
-        _ => Err("usage: weft-load echo|sink PORT | rr|connect|bulk ADDR [options]".into()),
+        _ => Err("usage: weft-load echo|sink|http PORT | rr|connect|bulk ADDR [options]".into()),
     };
     if let Err(e) = result {
         eprintln!("weft-load: {e}");
@@ -92,6 +96,37 @@ fn echo(mut stream: TcpStream) {
         };
         if n == 0 || stream.write_all(&reply).is_err() {
             break;
+        }
+    }
+}
+
+/// The body every `http` request gets.
+const HTTP_BODY_LEN: usize = 1024;
+
+fn http(mut stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let mut response = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {HTTP_BODY_LEN}\r\n\r\n"
+    )
+    .into_bytes();
+    response.resize(response.len() + HTTP_BODY_LEN, b'x');
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut have = 0;
+    loop {
+        // Answer every complete request read so far (a client may pipeline).
+        while let Some(end) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") {
+            if stream.write_all(&response).is_err() {
+                return;
+            }
+            buf.copy_within(end + 4..have, 0);
+            have -= end + 4;
+        }
+        if have == buf.len() {
+            return; // a header larger than the buffer: not a client of ours
+        }
+        match stream.read(&mut buf[have..]) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => have += n,
         }
     }
 }

@@ -1,0 +1,290 @@
+//! Weft against Envoy (issue 15): one workload over four paths in one lab,
+//! interleaved per rep so drift hits them alike.
+//!
+//! - direct: the unmeshed client pod to the unmeshed server pod;
+//! - Weft L4: meshed pods, through both agents (HTTP/2 CONNECT over mTLS);
+//! - Envoy L4 and L7: the unmeshed pods through an Envoy per node (envoy.rs).
+//!
+//! Per rep and path: wrk at 16 connections (throughput, percentiles, CPU of
+//! both proxies), wrk at 1 connection (latency added without saturation) and
+//! one bulk stream. RSS of the proxies is read after the last rep.
+
+use std::fs::File;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use lab::MeshLab;
+
+use super::envoy::{self, Layout, Tls};
+use super::http::{WrkRun, wrk};
+use super::report::{self, Figures, Row, Setup};
+use super::{
+    DIRECT_CLIENT, DIRECT_SERVER, HTTP_PORT, MESH_CLIENT, MESH_SERVER, SINK_PORT, bench_lab, procs,
+};
+
+/// The identities of the Weft path's workloads (shop/frontend → shop/reviews),
+/// which the Envoy pair presents and checks too.
+const CLIENT_ID: &str = "spiffe://cluster.local/ns/shop/sa/frontend";
+const SERVER_ID: &str = "spiffe://cluster.local/ns/shop/sa/reviews";
+
+pub struct Options<'a> {
+    pub setup: Setup,
+    pub agent_args: &'a [String],
+}
+
+/// One path: who sends, where to, and which processes are its proxies.
+struct Route {
+    name: &'static str,
+    client: &'static str,
+    url: String,
+    /// Where its bulk stream goes (none through the L7 pair: it is not HTTP).
+    bulk: Option<String>,
+    proxies: Vec<u32>,
+}
+
+/// Runs the comparison; returns the report and the budgets that failed.
+pub fn run(opts: &Options) -> Result<(String, Vec<String>)> {
+    let envoy_bin = envoy::binary()?;
+    let workers = opts.setup.workers.to_string();
+    let mut flags = vec!["--worker-threads", workers.as_str()];
+    flags.extend(opts.agent_args.iter().map(String::as_str));
+    println!(
+        "\n==> Weft against Envoy: direct, Weft L4, Envoy L4, Envoy L7 ({} rep(s), {} s per run)",
+        opts.setup.reps, opts.setup.secs
+    );
+    let mesh = bench_lab(&[], &flags)?;
+    let direct_ip = mesh.pod(DIRECT_SERVER)?.ip;
+    let mesh_ip = mesh.pod(MESH_SERVER)?.ip;
+    let layout = Layout {
+        a: mesh.lab.node("node-a")?.bridge_ip(),
+        b: mesh.lab.node("node-b")?.underlay_ip(),
+        http: SocketAddrV4::new(direct_ip, HTTP_PORT),
+        sink: SocketAddrV4::new(direct_ip, SINK_PORT),
+    };
+    let envoys = start_envoys(&mesh, &envoy_bin, &layout, &workers)?;
+    let agents: Vec<u32> = mesh.agents.iter().map(|a| a.pid).collect();
+    let at = |ip: Ipv4Addr, port: u16| format!("{ip}:{port}");
+    let routes = [
+        Route {
+            name: "direct",
+            client: DIRECT_CLIENT,
+            url: format!("http://{}/", at(direct_ip, HTTP_PORT)),
+            bulk: Some(at(direct_ip, SINK_PORT)),
+            proxies: Vec::new(),
+        },
+        Route {
+            name: "Weft L4 (mTLS)",
+            client: MESH_CLIENT,
+            url: format!("http://{}/", at(mesh_ip, HTTP_PORT)),
+            bulk: Some(at(mesh_ip, SINK_PORT)),
+            proxies: agents.clone(),
+        },
+        Route {
+            name: "Envoy L4 (tcp_proxy, mTLS)",
+            client: DIRECT_CLIENT,
+            url: format!("http://{}/", at(layout.a, envoy::L4_HTTP_PORT)),
+            bulk: Some(at(layout.a, envoy::L4_BULK_PORT)),
+            proxies: envoys.clone(),
+        },
+        Route {
+            name: "Envoy L7 (HTTP/2 mTLS)",
+            client: DIRECT_CLIENT,
+            url: format!("http://{}/", at(layout.a, envoy::L7_PORT)),
+            bulk: None,
+            proxies: envoys.clone(),
+        },
+    ];
+    for route in &routes {
+        wait_until_served(&mesh, route)?;
+        // Warm-up: connection pools, tunnels and page cache.
+        wrk(
+            mesh.pod(route.client)?,
+            &route.url,
+            16,
+            Duration::from_secs(1),
+        )?;
+    }
+    let secs = Duration::from_secs(opts.setup.secs);
+    let mut samples: Vec<Vec<Figures>> = vec![Vec::new(); routes.len()];
+    for rep in 1..=opts.setup.reps {
+        println!("rep {rep}/{}", opts.setup.reps);
+        let mut direct_single = f64::NAN;
+        for (route, samples) in routes.iter().zip(&mut samples) {
+            let mut f = sample(&mesh, route, secs, opts.setup.bulk_mib)?;
+            if route.proxies.is_empty() {
+                direct_single = f.single_p50_us;
+            }
+            f.added_p50_us = f.single_p50_us - direct_single;
+            println!(
+                "  {:<28} {:>8.0} req/s  p50 {:>6.0} µs  1-conn p50 {:>5.0} µs  bulk {:>5.2} Gbit/s",
+                route.name, f.req_per_sec, f.p50_us, f.single_p50_us, f.bulk_gbit_s
+            );
+            samples.push(f);
+        }
+    }
+    let rss = |pids: &[u32]| -> Result<f64> {
+        Ok(match pids {
+            [] => f64::NAN,
+            pids => procs::rss_bytes(pids)? as f64,
+        })
+    };
+    let mut rows = Vec::new();
+    for (route, samples) in routes.iter().zip(&samples) {
+        rows.push(Row {
+            path: route.name,
+            figures: report::median(samples),
+            rss_bytes: rss(&route.proxies)?,
+        });
+    }
+    Ok(report::render(&opts.setup, &rows))
+}
+
+/// One rep of one path.
+fn sample(mesh: &MeshLab, route: &Route, secs: Duration, bulk_mib: u64) -> Result<Figures> {
+    let client = mesh.pod(route.client)?;
+    let cpu = || -> Result<f64> {
+        if route.proxies.is_empty() {
+            return Ok(f64::NAN); // nothing between the pods
+        }
+        procs::cpu_seconds(&route.proxies)
+    };
+    let before = cpu()?;
+    let many: WrkRun = wrk(client, &route.url, 16, secs)?;
+    let cpu_many = cpu()? - before;
+    let single = wrk(client, &route.url, 1, secs)?;
+    let mut f = Figures {
+        req_per_sec: many.per_sec,
+        p50_us: many.p50_us,
+        p90_us: many.p90_us,
+        p99_us: many.p99_us,
+        cpu_per_1k_req: cpu_many / many.requests as f64 * 1000.0,
+        single_p50_us: single.p50_us,
+        ..Figures::default()
+    };
+    if let Some(sink) = &route.bulk {
+        let before = cpu()?;
+        let out = mesh.load_from(
+            route.client,
+            &["bulk", sink, "--mib", &bulk_mib.to_string()],
+        )?;
+        let cpu_bulk = cpu()? - before;
+        if !out.status.success() {
+            bail!(
+                "bulk to {sink} from {}: {}",
+                route.client,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("weft-load bulk: {}", String::from_utf8_lossy(&out.stdout)))?;
+        let (bytes, took) = (json["bytes"].as_f64(), json["secs"].as_f64());
+        let (Some(bytes), Some(took)) = (bytes, took) else {
+            bail!("weft-load bulk printed {json}");
+        };
+        f.bulk_gbit_s = bytes * 8.0 / took / 1e9;
+        f.cpu_per_gb = cpu_bulk / (bytes / 1e9);
+    }
+    Ok(f)
+}
+
+/// Envoy A on node-a and B on node-b, with certificates from the lab's CA.
+fn start_envoys(
+    mesh: &MeshLab,
+    envoy_bin: &Path,
+    layout: &Layout,
+    concurrency: &str,
+) -> Result<Vec<u32>> {
+    let dir = mesh.lab.run_dir().join("envoy");
+    let ca = mesh.ca_dir.join("ca.crt");
+    let a_certs = envoy::issue(&mesh.ca_dir, &dir, "envoy-a", CLIENT_ID)?;
+    let b_certs = envoy::issue(&mesh.ca_dir, &dir, "envoy-b", SERVER_ID)?;
+    let configs = [
+        (
+            "node-a",
+            "envoy-a",
+            envoy::config_a(
+                layout,
+                &Tls {
+                    ca: &ca,
+                    own: &a_certs,
+                    peer_id: SERVER_ID,
+                },
+            ),
+        ),
+        (
+            "node-b",
+            "envoy-b",
+            envoy::config_b(
+                layout,
+                &Tls {
+                    ca: &ca,
+                    own: &b_certs,
+                    peer_id: CLIENT_ID,
+                },
+            ),
+        ),
+    ];
+    let mut pids = Vec::new();
+    for (node, name, config) in configs {
+        let path = dir.join(format!("{name}.json"));
+        std::fs::write(&path, serde_json::to_vec_pretty(&config)?)?;
+        let log = File::create(dir.join(format!("{name}.log")))?;
+        let mut cmd = mesh.lab.node(node)?.command(&envoy_bin.to_string_lossy());
+        // Node::command execs the program in the node's netns: the pid is Envoy's.
+        cmd.arg("--config-path")
+            .arg(&path)
+            .args(["--concurrency", concurrency, "--disable-hot-restart"])
+            .args(["--log-level", "warn"])
+            .stdout(Stdio::null())
+            .stderr(log);
+        pids.push(mesh.lab.spawn(cmd)?);
+    }
+    Ok(pids)
+}
+
+/// Waits until a request through `route` gets its 200 (Envoy takes a moment
+/// to start); on time-out, says what the Envoys logged.
+fn wait_until_served(mesh: &MeshLab, route: &Route) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = mesh
+            .pod(route.client)?
+            .command("curl")
+            .args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "2",
+            ])
+            .arg(&route.url)
+            .output()?;
+        if String::from_utf8_lossy(&out.stdout) == "200" {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let logs = ["envoy-a", "envoy-b"].map(|name| {
+                let path = mesh.lab.run_dir().join(format!("envoy/{name}.log"));
+                format!(
+                    "{name}: {}",
+                    std::fs::read_to_string(path).unwrap_or_default()
+                )
+            });
+            bail!(
+                "{} ({}) answers no 200 from {}: {}{}\n{}",
+                route.name,
+                route.url,
+                route.client,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                logs.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
