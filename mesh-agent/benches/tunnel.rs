@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use mesh_agent::proxy::inbound::Admission;
 use mesh_agent::proxy::pod::PodConnections;
 use mesh_agent::proxy::{
     Dialer, InboundContext, OutboundContext, OutboundTarget, Pool, ProxyConfig, Refusal, Route,
@@ -80,15 +81,22 @@ impl InboundContext for In {
         s.set_nodelay(true)?;
         Ok((s, p))
     }
-    fn authorize(&self, _: &SocketAddr, _: SocketAddr) -> Result<ConnectionLabels, Refusal> {
-        Ok(ConnectionLabels::default())
+    fn authorize(&self, _: &SocketAddr, _: SocketAddr) -> Result<Admission, Refusal> {
+        Ok(unreviewed())
     }
     fn inbound_plaintext_allowed(
         &self,
         _: SocketAddr,
         _: SocketAddr,
-    ) -> Result<ConnectionLabels, Refusal> {
-        Ok(ConnectionLabels::default())
+    ) -> Result<Admission, Refusal> {
+        Ok(unreviewed())
+    }
+}
+
+fn unreviewed() -> Admission {
+    Admission {
+        labels: ConnectionLabels::default(),
+        review: None,
     }
 }
 

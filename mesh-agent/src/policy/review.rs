@@ -1,25 +1,23 @@
-//! Open connections kept under policy review: when the policies change, each
-//! is decided again and those now denied are closed (issue: "when policies
-//! change, open connections that are now denied are closed").
+//! Open connections kept under policy review (docs/security.md): when the
+//! state changes, each is decided again and those now denied are closed.
 //!
-//! The registry keeps a duplicate of each connection's app-side socket and
-//! shuts it down to close it: the proxy's copy loop then sees end-of-file and
-//! a failed write and ends on its own, so the data path carries no extra
-//! per-read check for a rare event.
+//! A connection is registered before it is decided and before the app is
+//! dialled, so a review that runs at any point of its admission sees it
+//! (issue 13, defect 12). Each carries a cancellation token that its data path
+//! watches: a review that denies it cancels the token, which ends the
+//! connection however far its admission got, without needing its socket.
 
 use std::collections::HashMap;
-use std::io;
-use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use socket2::SockRef;
+use tokio_util::sync::CancellationToken;
 
 use super::{Decision, Inbound};
 
 struct Admitted {
     conn: Inbound,
-    socket: OwnedFd,
+    revoke: CancellationToken,
 }
 
 #[derive(Default)]
@@ -38,6 +36,18 @@ pub struct AdmittedConnections {
 pub struct AdmissionGuard {
     registry: Weak<Inner>,
     id: u64,
+    revoked: CancellationToken,
+}
+
+impl AdmissionGuard {
+    /// Cancelled when a review denies the connection.
+    pub fn revoked(&self) -> &CancellationToken {
+        &self.revoked
+    }
+
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.is_cancelled()
+    }
 }
 
 impl Drop for AdmissionGuard {
@@ -56,18 +66,38 @@ pub struct Revoked {
 }
 
 impl AdmittedConnections {
-    /// Registers an admitted connection whose app-side socket is `socket`.
-    pub fn admit(&self, conn: Inbound, socket: &impl AsFd) -> io::Result<AdmissionGuard> {
-        let socket = socket.as_fd().try_clone_to_owned()?;
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        lock(&self.inner.open).insert(id, Admitted { conn, socket });
-        Ok(AdmissionGuard {
-            registry: Arc::downgrade(&self.inner),
-            id,
-        })
+    /// Registers `conn`, then decides it with `decide`, which must read the
+    /// current state: a review that runs after the registration sees the
+    /// connection; one that ran before it decided an older state than `decide`
+    /// reads. `Err` (the guard dropped, the connection unregistered) when denied.
+    pub fn admit(
+        &self,
+        conn: &Inbound,
+        decide: impl FnOnce(&Inbound) -> Decision,
+    ) -> Result<(AdmissionGuard, Decision), Decision> {
+        let guard = self.register(conn.clone());
+        // Not under the lock: a review may run meanwhile, and must see `conn`.
+        let decision = decide(conn);
+        if decision.is_allowed() {
+            Ok((guard, decision))
+        } else {
+            Err(decision)
+        }
     }
 
-    /// Decides every open connection again with `decide`; shuts down those now
+    fn register(&self, conn: Inbound) -> AdmissionGuard {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let revoke = CancellationToken::new();
+        let guard = AdmissionGuard {
+            registry: Arc::downgrade(&self.inner),
+            id,
+            revoked: revoke.clone(),
+        };
+        lock(&self.inner.open).insert(id, Admitted { conn, revoke });
+        guard
+    }
+
+    /// Decides every open connection again with `decide`; revokes those now
     /// denied and returns them.
     pub fn review(&self, decide: impl Fn(&Inbound) -> Decision) -> Vec<Revoked> {
         let mut open = lock(&self.inner.open);
@@ -77,8 +107,7 @@ impl AdmittedConnections {
             if decision.is_allowed() {
                 return true;
             }
-            // Best effort: the peer may have closed it a moment ago.
-            let _ = SockRef::from(&admitted.socket).shutdown(std::net::Shutdown::Both);
+            admitted.revoke.cancel();
             revoked.push(Revoked {
                 conn: admitted.conn.clone(),
                 decision,
@@ -104,37 +133,34 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 #[cfg(test)]
 mod tests {
-    use std::io::{Read, Write};
     use std::net::{IpAddr, Ipv4Addr};
-    use std::os::unix::net::UnixStream;
 
     use super::*;
     use crate::policy::{ConnectionAttrs, Verdict};
 
-    fn attrs(port: u16) -> Inbound {
+    fn conn(port: u16) -> Inbound {
         Inbound::plaintext(
             ConnectionAttrs::plaintext(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
             false,
         )
     }
 
-    fn decision(verdict: Verdict) -> Decision {
-        Decision {
-            verdict,
-            audited: vec![],
-        }
+    fn allow(_: &Inbound) -> Decision {
+        Decision::from(Verdict::AllowedNoPolicy)
+    }
+
+    fn deny(_: &Inbound) -> Decision {
+        Decision::from(Verdict::NotAllowed)
     }
 
     #[test]
-    fn review_shuts_down_only_denied_connections() {
+    fn review_revokes_only_denied_connections() {
         let registry = AdmittedConnections::default();
-        let (mut keep_app, keep_proxy) = UnixStream::pair().expect("socketpair");
-        let (mut deny_app, deny_proxy) = UnixStream::pair().expect("socketpair");
-        let _keep = registry.admit(attrs(1), &keep_proxy).expect("admit");
-        let _deny = registry.admit(attrs(2), &deny_proxy).expect("admit");
+        let (keep, _) = registry.admit(&conn(1), allow).expect("admitted");
+        let (denied, _) = registry.admit(&conn(2), allow).expect("admitted");
 
-        let revoked = registry.review(|a| {
-            decision(if a.attrs.destination_port == 2 {
+        let revoked = registry.review(|c| {
+            Decision::from(if c.attrs.destination_port == 2 {
                 Verdict::NotAllowed
             } else {
                 Verdict::AllowedNoPolicy
@@ -142,22 +168,47 @@ mod tests {
         });
         assert_eq!(revoked.len(), 1);
         assert_eq!(revoked[0].conn.attrs.destination_port, 2);
+        assert!(denied.is_revoked() && !keep.is_revoked());
         assert_eq!(registry.len(), 1);
+    }
 
-        // The denied socket reads end-of-file at its peer; the kept one works.
-        let mut buf = [0u8; 4];
-        assert_eq!(deny_app.read(&mut buf).expect("read"), 0);
-        keep_app.write_all(b"ping").expect("write");
-        let mut kept = &keep_proxy;
-        kept.read_exact(&mut buf).expect("read kept");
-        assert_eq!(&buf, b"ping");
+    #[test]
+    fn a_review_while_the_app_is_dialled_revokes_the_connection() {
+        let registry = AdmittedConnections::default();
+        let (guard, _) = registry.admit(&conn(1), allow).expect("admitted");
+        // The policy changes before the dial completes: no socket exists yet.
+        assert_eq!(registry.review(deny).len(), 1);
+        assert!(guard.is_revoked(), "the dial's result must be refused");
+    }
+
+    #[test]
+    fn a_review_during_the_decision_sees_the_connection() {
+        let registry = AdmittedConnections::default();
+        let mut seen = 0;
+        // The decision read a state older than the review's: it allows, but
+        // the review that ran meanwhile found the registered connection.
+        let (guard, _) = registry
+            .admit(&conn(1), |c| {
+                seen = registry.review(deny).len();
+                allow(c)
+            })
+            .expect("admitted");
+        assert_eq!(seen, 1);
+        assert!(guard.is_revoked());
+    }
+
+    #[test]
+    fn a_denied_connection_is_not_kept() {
+        let registry = AdmittedConnections::default();
+        let decision = registry.admit(&conn(1), deny).err().expect("denied");
+        assert_eq!(decision.verdict, Verdict::NotAllowed);
+        assert!(registry.is_empty());
     }
 
     #[test]
     fn dropping_the_guard_forgets_the_connection() {
         let registry = AdmittedConnections::default();
-        let (_app, proxy) = UnixStream::pair().expect("socketpair");
-        let guard = registry.admit(attrs(1), &proxy).expect("admit");
+        let (guard, _) = registry.admit(&conn(1), allow).expect("admitted");
         assert_eq!(registry.len(), 1);
         drop(guard);
         assert!(registry.is_empty());

@@ -18,6 +18,9 @@ use super::tunnel::{Refusal, StreamHandler, serve_connection};
 use super::{Dialer, Shared, bridge, dial, reset};
 use crate::policy::AdmissionGuard;
 use crate::telemetry::{ConnectionLabels, ConnectionMetrics, RefuseReason};
+use revocable::Revocable;
+
+mod revocable;
 
 /// What the inbound handlers ask of the agent, for one pod.
 pub trait InboundContext: Send + Sync + 'static {
@@ -40,39 +43,26 @@ pub trait InboundContext: Send + Sync + 'static {
     ) -> impl Future<Output = io::Result<(Self::TunnelIo, Self::Peer)>> + Send;
 
     /// May `peer` reach `target` (the CONNECT authority) in this pod? The
-    /// agent checks the target is this pod's address, and later policy. `Ok`
-    /// gives the labels for the stream's metrics (reporter `destination`).
-    fn authorize(&self, peer: &Self::Peer, target: SocketAddr)
-    -> Result<ConnectionLabels, Refusal>;
+    /// agent checks the target is this pod's address, then admits it under
+    /// the current state (`Admission`).
+    fn authorize(&self, peer: &Self::Peer, target: SocketAddr) -> Result<Admission, Refusal>;
 
     /// May plaintext from `peer` to `local` (the original destination, kept by
-    /// `sk_lookup`) go through? `Ok` gives the metric labels.
+    /// `sk_lookup`) go through?
     fn inbound_plaintext_allowed(
         &self,
         peer: SocketAddr,
         local: SocketAddr,
-    ) -> Result<ConnectionLabels, Refusal>;
+    ) -> Result<Admission, Refusal>;
+}
 
-    /// Keeps an admitted tunnel stream under policy review while the returned
-    /// guard lives: the agent closes `upstream` if a later change denies it.
-    fn review_tunnel(
-        &self,
-        _peer: &Self::Peer,
-        _target: SocketAddr,
-        _upstream: &TcpStream,
-    ) -> Option<AdmissionGuard> {
-        None
-    }
-
-    /// As `review_tunnel`, for an admitted plaintext connection.
-    fn review_plaintext(
-        &self,
-        _peer: SocketAddr,
-        _local: SocketAddr,
-        _upstream: &TcpStream,
-    ) -> Option<AdmissionGuard> {
-        None
-    }
+/// An admitted inbound connection, before the app is dialled.
+pub struct Admission {
+    /// For the connection's metrics (reporter `destination`).
+    pub labels: ConnectionLabels,
+    /// Its place under policy review (registered before it was decided); a
+    /// review that denies it ends it, even while the app is being dialled.
+    pub review: Option<AdmissionGuard>,
 }
 
 /// Runs the pod's tunnel listener until `pod` stops accepting; its open
@@ -122,7 +112,6 @@ struct TunnelHandler<C> {
 struct StreamSession {
     metrics: ConnectionMetrics,
     _permit: ConnectionPermit,
-    _review: Option<AdmissionGuard>,
 }
 
 impl CopyObserver for StreamSession {
@@ -135,20 +124,20 @@ impl CopyObserver for StreamSession {
 }
 
 impl<C: InboundContext> StreamHandler<C::Peer> for TunnelHandler<C> {
-    type Upstream = TcpStream;
+    type Upstream = Revocable<TcpStream>;
     type Session = StreamSession;
 
     async fn open(
         &self,
         target: SocketAddr,
         peer: &C::Peer,
-    ) -> Result<(TcpStream, StreamSession), Refusal> {
+    ) -> Result<(Revocable<TcpStream>, StreamSession), Refusal> {
         let metrics = &self.shared.metrics;
         let Some(permit) = self.pod.try_acquire() else {
             metrics.refused(RefuseReason::Limit);
             return Err(Refusal::unavailable("pod connection limit reached"));
         };
-        let labels = self.ctx.authorize(peer, target).inspect_err(|r| {
+        let admission = self.ctx.authorize(peer, target).inspect_err(|r| {
             metrics.refused(RefuseReason::Policy);
             debug!(pod = self.pod.name(), %target, refusal = %r, "tunnel stream not authorized");
         })?;
@@ -164,13 +153,17 @@ impl<C: InboundContext> StreamHandler<C::Peer> for TunnelHandler<C> {
             Refusal::unavailable(format!("connect {target}: {e}"))
         })?;
         let _ = upstream.set_nodelay(true);
-        let review = self.ctx.review_tunnel(peer, target, &upstream);
+        let upstream = Revocable::new(upstream, admission.review);
+        if upstream.is_revoked() {
+            metrics.refused(RefuseReason::Policy);
+            debug!(pod = self.pod.name(), %target, "tunnel stream revoked while connecting to the app");
+            return Err(Refusal::forbidden("a policy change revoked it"));
+        }
         Ok((
             upstream,
             StreamSession {
-                metrics: metrics.connection(&labels),
+                metrics: metrics.connection(&admission.labels),
                 _permit: permit,
-                _review: review,
             },
         ))
     }
@@ -214,15 +207,15 @@ async fn plaintext<C: InboundContext>(
         Ok(a) => a,
         Err(e) => return debug!(pod = pod.name(), %peer, error = %e, "no local address"),
     };
-    let labels = match ctx.inbound_plaintext_allowed(peer, local) {
-        Ok(l) => l,
+    let admission = match ctx.inbound_plaintext_allowed(peer, local) {
+        Ok(a) => a,
         Err(refusal) => {
             metrics.refused(RefuseReason::Policy);
             debug!(pod = pod.name(), %peer, %local, %refusal, "plaintext inbound refused");
             return reset(client);
         }
     };
-    let mut upstream = match dial(ctx.dialer(), local, shared.config.connect_timeout).await {
+    let upstream = match dial(ctx.dialer(), local, shared.config.connect_timeout).await {
         Ok(s) => s,
         Err(e) => {
             metrics.refused(RefuseReason::UpstreamConnect);
@@ -231,8 +224,13 @@ async fn plaintext<C: InboundContext>(
         }
     };
     let _ = upstream.set_nodelay(true);
-    let _review = ctx.review_plaintext(peer, local, &upstream);
-    let conn = metrics.connection(&labels);
+    let mut upstream = Revocable::new(upstream, admission.review);
+    if upstream.is_revoked() {
+        metrics.refused(RefuseReason::Policy);
+        debug!(pod = pod.name(), %peer, %local, "plaintext inbound revoked while connecting to the app");
+        return reset(client);
+    }
+    let conn = metrics.connection(&admission.labels);
     bridge(
         &mut client,
         &mut upstream,

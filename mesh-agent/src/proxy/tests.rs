@@ -10,7 +10,9 @@ use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
+use super::inbound::Admission;
 use super::*;
+use crate::policy::{AdmittedConnections, ConnectionAttrs, Decision, Inbound, Verdict};
 use crate::telemetry::{ConnectionLabels, Reporter};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -41,10 +43,15 @@ async fn echo_server() -> SocketAddr {
 #[derive(Default)]
 struct FakeDialer {
     rewrite: HashMap<SocketAddr, SocketAddr>,
+    /// A policy change denying everything here lands while dialling.
+    revoke_while_dialling: Option<AdmittedConnections>,
 }
 
 impl Dialer for FakeDialer {
     async fn connect(&self, addr: SocketAddr) -> io::Result<TcpStream> {
+        if let Some(admitted) = &self.revoke_while_dialling {
+            admitted.review(|_| Decision::from(Verdict::NotAllowed));
+        }
         TcpStream::connect(self.rewrite.get(&addr).copied().unwrap_or(addr)).await
     }
 }
@@ -97,11 +104,27 @@ impl OutboundContext for FakeOutbound {
     }
 }
 
-/// Allows everything except targets on port 1 and plaintext from `deny_peer_ip`.
+/// Allows everything except targets on port 1, and plaintext when
+/// `deny_plaintext`; keeps what it admits under review in `admitted`.
 #[derive(Default)]
 struct FakeInbound {
     dialer: FakeDialer,
     deny_plaintext: bool,
+    admitted: AdmittedConnections,
+}
+
+impl FakeInbound {
+    fn admit(&self, conn: ConnectionAttrs, labels: ConnectionLabels) -> Admission {
+        let allow = |_: &Inbound| Decision::from(Verdict::AllowedNoPolicy);
+        let (guard, _) = self
+            .admitted
+            .admit(&Inbound::plaintext(conn, false), allow)
+            .expect("allowed");
+        Admission {
+            labels,
+            review: Some(guard),
+        }
+    }
 }
 
 impl InboundContext for FakeInbound {
@@ -119,25 +142,23 @@ impl InboundContext for FakeInbound {
     ) -> io::Result<(TcpStream, SocketAddr)> {
         Ok((stream, peer))
     }
-    fn authorize(
-        &self,
-        _peer: &SocketAddr,
-        target: SocketAddr,
-    ) -> Result<ConnectionLabels, Refusal> {
+    fn authorize(&self, peer: &SocketAddr, target: SocketAddr) -> Result<Admission, Refusal> {
         if target.port() == 1 {
             return Err(Refusal::forbidden("test policy"));
         }
-        Ok(labels(Reporter::Destination, "server"))
+        let conn = ConnectionAttrs::plaintext(peer.ip(), target.port());
+        Ok(self.admit(conn, labels(Reporter::Destination, "server")))
     }
     fn inbound_plaintext_allowed(
         &self,
-        _peer: SocketAddr,
-        _local: SocketAddr,
-    ) -> Result<ConnectionLabels, Refusal> {
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) -> Result<Admission, Refusal> {
         if self.deny_plaintext {
             return Err(Refusal::forbidden("strict"));
         }
-        Ok(labels(Reporter::Destination, "plain"))
+        let conn = ConnectionAttrs::plaintext(peer.ip(), local.port());
+        Ok(self.admit(conn, labels(Reporter::Destination, "plain")))
     }
 }
 
@@ -386,8 +407,10 @@ async fn plaintext_agent(deny: bool) -> (Shared, SocketAddr) {
         // The app "behind" the steered address is the echo server.
         dialer: FakeDialer {
             rewrite: HashMap::from([(addr, echo)]),
+            ..Default::default()
         },
         deny_plaintext: deny,
+        ..Default::default()
     };
     let pod = PodConnections::new("dst", DEFAULT_MAX_CONNECTIONS_PER_POD);
     tokio::spawn(run_inbound_plaintext(l, Arc::new(ctx), shared.clone(), pod));
@@ -459,5 +482,93 @@ async fn inbound_tunnel_refuses_with_403_and_unreachable_with_503() {
         Some(StatusCode::SERVICE_UNAVAILABLE)
     );
     let sel = [r#"reason="upstream_connect""#];
+    assert_eq!(counter(&shared, "weft_connections_refused_total", &sel), 1);
+}
+
+/// A plaintext agent whose dial lands during a policy change denying it.
+async fn revoking_plaintext_agent() -> (Shared, SocketAddr) {
+    let shared = shared();
+    let echo = echo_server().await;
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let admitted = AdmittedConnections::default();
+    let ctx = FakeInbound {
+        dialer: FakeDialer {
+            rewrite: HashMap::from([(addr, echo)]),
+            revoke_while_dialling: Some(admitted.clone()),
+        },
+        admitted,
+        ..Default::default()
+    };
+    let pod = PodConnections::new("dst", DEFAULT_MAX_CONNECTIONS_PER_POD);
+    tokio::spawn(run_inbound_plaintext(l, Arc::new(ctx), shared.clone(), pod));
+    (shared, addr)
+}
+
+#[tokio::test]
+async fn a_review_during_the_dial_refuses_the_plaintext_connection() {
+    let (sh, addr) = revoking_plaintext_agent().await;
+    assert_closed(TcpStream::connect(addr).await.unwrap()).await;
+    eventually("refusal counted", || {
+        counter(
+            &sh,
+            "weft_connections_refused_total",
+            &[r#"reason="policy""#],
+        ) == 1
+    })
+    .await;
+    let sel = [r#"reporter="destination""#];
+    assert_eq!(counter(&sh, "istio_tcp_connections_opened_total", &sel), 0);
+}
+
+#[tokio::test]
+async fn a_review_closes_an_open_plaintext_connection() {
+    let shared = shared();
+    let echo = echo_server().await;
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let ctx = Arc::new(FakeInbound {
+        dialer: FakeDialer {
+            rewrite: HashMap::from([(addr, echo)]),
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    let pod = PodConnections::new("dst", DEFAULT_MAX_CONNECTIONS_PER_POD);
+    tokio::spawn(run_inbound_plaintext(l, ctx.clone(), shared, pod));
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    within(s.read_exact(&mut buf)).await.unwrap();
+    let revoked = ctx.admitted.review(|_| Decision::from(Verdict::NotAllowed));
+    assert_eq!(revoked.len(), 1);
+    assert_closed(s).await;
+    eventually("unregistered", || ctx.admitted.is_empty()).await;
+}
+
+#[tokio::test]
+async fn a_review_during_the_dial_refuses_the_tunnel_stream() {
+    let shared = shared();
+    let echo = echo_server().await;
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let admitted = AdmittedConnections::default();
+    let ctx = FakeInbound {
+        dialer: FakeDialer {
+            revoke_while_dialling: Some(admitted.clone()),
+            ..Default::default()
+        },
+        admitted,
+        ..Default::default()
+    };
+    let pod = PodConnections::new("dst", DEFAULT_MAX_CONNECTIONS_PER_POD);
+    tokio::spawn(run_inbound_tunnel(l, Arc::new(ctx), shared.clone(), pod));
+    let pool: Pool<()> = Pool::new(TunnelConfig::default(), None);
+    let r = within(pool.connect(&(), echo, || TcpStream::connect(addr))).await;
+    assert_eq!(
+        r.err().and_then(|e| e.status()),
+        Some(StatusCode::FORBIDDEN)
+    );
+    let sel = [r#"reason="policy""#];
     assert_eq!(counter(&shared, "weft_connections_refused_total", &sel), 1);
 }

@@ -16,6 +16,7 @@ use super::resolve::workload_label;
 use crate::identity::tls;
 use crate::policy::{self, AdmissionGuard, ConnectionAttrs, Decision, Inbound, Verdict};
 use crate::proxy::InboundContext;
+use crate::proxy::inbound::Admission;
 use crate::proxy::tunnel::Refusal;
 use crate::state::{Snapshot, Workload};
 use crate::telemetry::{ConnectionLabels, Reporter, SecurityPolicy};
@@ -50,15 +51,22 @@ impl PodContext {
             .unwrap_or(&self.workload)
     }
 
-    /// Decides `conn` against the current snapshot; logs refusals and audits
-    /// with the deciding policy.
-    fn decide(&self, conn: &Inbound) -> Result<(), Refusal> {
-        let snapshot = self.state.current();
-        let decision = policy::admit(&snapshot, self.current_workload(&snapshot), conn);
+    /// Registers `conn` for review, then decides it against the current
+    /// snapshot (in that order: docs/security.md); logs refusals and audits
+    /// with the deciding policy. The guard keeps it under review.
+    fn admit(&self, conn: &Inbound) -> Result<AdmissionGuard, Refusal> {
+        let admitted = self.admitted.admit(conn, |conn| {
+            let snapshot = self.state.current();
+            policy::admit(&snapshot, self.current_workload(&snapshot), conn)
+        });
+        let decision = match admitted {
+            Ok((guard, decision)) => {
+                log_audits(&self.workload, &conn.attrs, &decision);
+                return Ok(guard);
+            }
+            Err(decision) => decision,
+        };
         log_audits(&self.workload, &conn.attrs, &decision);
-        if decision.is_allowed() {
-            return Ok(());
-        }
         // A remote peer triggers this at will: debug only, the refusal is counted.
         debug!(pod = %self.workload.key, connection = %conn.attrs, decision = %decision.verdict, "connection refused");
         let reason = format!("{}: {}", conn.attrs, decision.verdict);
@@ -112,13 +120,6 @@ impl PodContext {
             self.metrics.revoked();
         }
     }
-
-    fn admit(&self, conn: Inbound, upstream: &TcpStream) -> Option<AdmissionGuard> {
-        self.admitted
-            .admit(conn, upstream)
-            .inspect_err(|e| warn!(pod = %self.workload.key, error = %e, "cannot keep a connection under policy review"))
-            .ok()
-    }
 }
 
 fn log_audits(workload: &Workload, attrs: &ConnectionAttrs, decision: &Decision) {
@@ -160,47 +161,30 @@ impl InboundContext for PodContext {
         Ok((Either::Right(tls), peer))
     }
 
-    fn authorize(
-        &self,
-        peer: &TunnelPeer,
-        target: SocketAddr,
-    ) -> Result<ConnectionLabels, Refusal> {
+    fn authorize(&self, peer: &TunnelPeer, target: SocketAddr) -> Result<Admission, Refusal> {
         if !self.workload.ips.contains(&target.ip()) {
             return Err(Refusal::bad_request(format!(
                 "{target} is not an address of pod {}",
                 self.workload.key
             )));
         }
-        self.decide(&Inbound::tunnel(peer.attrs(target.port())))?;
-        Ok(self.inbound_labels(peer.addr.ip(), peer.identity.as_deref()))
+        let review = self.admit(&Inbound::tunnel(peer.attrs(target.port())))?;
+        Ok(Admission {
+            labels: self.inbound_labels(peer.addr.ip(), peer.identity.as_deref()),
+            review: Some(review),
+        })
     }
 
     fn inbound_plaintext_allowed(
         &self,
         peer: SocketAddr,
         local: SocketAddr,
-    ) -> Result<ConnectionLabels, Refusal> {
+    ) -> Result<Admission, Refusal> {
         let conn = ConnectionAttrs::plaintext(peer.ip(), local.port());
-        self.decide(&Inbound::plaintext(conn, self.is_node(peer.ip())))?;
-        Ok(self.inbound_labels(peer.ip(), None))
-    }
-
-    fn review_tunnel(
-        &self,
-        peer: &TunnelPeer,
-        target: SocketAddr,
-        upstream: &TcpStream,
-    ) -> Option<AdmissionGuard> {
-        self.admit(Inbound::tunnel(peer.attrs(target.port())), upstream)
-    }
-
-    fn review_plaintext(
-        &self,
-        peer: SocketAddr,
-        local: SocketAddr,
-        upstream: &TcpStream,
-    ) -> Option<AdmissionGuard> {
-        let conn = ConnectionAttrs::plaintext(peer.ip(), local.port());
-        self.admit(Inbound::plaintext(conn, self.is_node(peer.ip())), upstream)
+        let review = self.admit(&Inbound::plaintext(conn, self.is_node(peer.ip())))?;
+        Ok(Admission {
+            labels: self.inbound_labels(peer.ip(), None),
+            review: Some(review),
+        })
     }
 }
