@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use lab::MeshLab;
 
-use super::envoy::{self, Layout, Tls};
+use super::envoy;
+use super::envoy_config::{self as config, Layout, Tls};
 use super::http::{WrkRun, wrk};
 use super::report::{self, Figures, Row, Setup};
 use super::{
@@ -85,14 +86,14 @@ pub fn run(opts: &Options) -> Result<(String, Vec<String>)> {
         Route {
             name: "Envoy L4 (tcp_proxy, mTLS)",
             client: DIRECT_CLIENT,
-            url: format!("http://{}/", at(layout.a, envoy::L4_HTTP_PORT)),
-            bulk: Some(at(layout.a, envoy::L4_BULK_PORT)),
+            url: format!("http://{}/", at(layout.a, config::L4_HTTP_PORT)),
+            bulk: Some(at(layout.a, config::L4_BULK_PORT)),
             proxies: envoys.clone(),
         },
         Route {
             name: "Envoy L7 (HTTP/2 mTLS)",
             client: DIRECT_CLIENT,
-            url: format!("http://{}/", at(layout.a, envoy::L7_PORT)),
+            url: format!("http://{}/", at(layout.a, config::L7_PORT)),
             bulk: None,
             proxies: envoys.clone(),
         },
@@ -205,7 +206,7 @@ fn start_envoys(
         (
             "node-a",
             "envoy-a",
-            envoy::config_a(
+            config::config_a(
                 layout,
                 &Tls {
                     ca: &ca,
@@ -217,7 +218,7 @@ fn start_envoys(
         (
             "node-b",
             "envoy-b",
-            envoy::config_b(
+            config::config_b(
                 layout,
                 &Tls {
                     ca: &ca,

@@ -15,6 +15,7 @@
 mod compare;
 mod data_path;
 mod envoy;
+mod envoy_config;
 mod http;
 mod procs;
 mod report;
