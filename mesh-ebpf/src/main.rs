@@ -7,9 +7,9 @@
 //!   `(netns cookie, local port) → original destination` for the agent, which only
 //!   sees that port when it accepts; delete both entries on close.
 //! - `getpeername4`/`6`: a redirected application sees its original peer.
-//! - `sk_lookup` (one per pod netns): inbound TCP from outside the pod (the node's
-//!   own address included) goes to the agent's plaintext inbound socket of that
-//!   pod; the tunnel port is left alone.
+//! - `sk_lookup` (one per pod netns): inbound TCP, IPv4 or IPv6, from outside the
+//!   pod (the node's own address included) goes to the agent's plaintext inbound
+//!   socket of that pod and family; the tunnel port is left alone.
 //! - A netns enrolled "closed" (`NetnsConfig::CLOSED`: the agent could not set up
 //!   the pod's listeners) has its TCP connects refused (EPERM), and sk_lookup
 //!   drops inbound to it, as its IPs have a config but no agent socket.
@@ -245,21 +245,12 @@ pub fn weft_connect6(ctx: SockAddrContext) -> i32 {
     if matches!(gate, Gate::Pass) {
         return 1;
     }
-    let mut addr = [0u8; 16];
     // SAFETY: user_ip6/user_port are readable in connect6.
     let (words, port) = unsafe {
         let sa = ctx.sock_addr;
         ((*sa).user_ip6, u16::from_be((*sa).user_port as u16))
     };
-    let mut i = 0;
-    while i < 4 {
-        let b = words[i].to_ne_bytes();
-        addr[i * 4] = b[0];
-        addr[i * 4 + 1] = b[1];
-        addr[i * 4 + 2] = b[2];
-        addr[i * 4 + 3] = b[3];
-        i += 1;
-    }
+    let addr = ip6_bytes(words);
     let mapped_v4 = addr[..10] == [0; 10] && addr[10] == 0xff && addr[11] == 0xff;
     let loopback6 = addr[..15] == [0; 15] && addr[15] == 1;
     // Loopback and excluded ports are never captured, hence never held either.
@@ -404,25 +395,42 @@ pub fn weft_getpeername6(ctx: SockAddrContext) -> i32 {
 pub fn weft_sk_lookup(ctx: SkLookupContext) -> u32 {
     let l = ctx.lookup;
     // SAFETY: these context fields are readable in sk_lookup.
-    let (family, protocol, local_port, local, remote) = unsafe {
-        (
-            (*l).family,
-            (*l).protocol,
-            (*l).local_port,
-            (*l).local_ip4.to_ne_bytes(),
-            (*l).remote_ip4.to_ne_bytes(),
-        )
-    };
-    // IPv4 only for now; IPv6 inbound keeps the kernel's normal lookup.
-    if protocol != IPPROTO_TCP || family != u32::from(AF_INET) {
+    let (family, protocol, local_port) = unsafe { ((*l).family, (*l).protocol, (*l).local_port) };
+    if protocol != IPPROTO_TCP {
         return sk_action::SK_PASS;
     }
     let port = local_port as u16;
-    // The tunnel is the agent's own; the pod talking to itself and loopback stay local.
-    if port == TUNNEL_PORT || remote == local || remote[0] == 127 || port_excluded(port) {
+    // The tunnel is the agent's own.
+    if port == TUNNEL_PORT || port_excluded(port) {
         return sk_action::SK_PASS;
     }
-    let key = PodIpKey::v4(local);
+    // Both families: a pod's IPv6 address must not be a way around the agent
+    // (docs/security.md). The pod talking to itself and loopback stay local.
+    let key = if family == u32::from(AF_INET) {
+        // SAFETY: readable in sk_lookup.
+        let (local, remote) = unsafe { ((*l).local_ip4, (*l).remote_ip4) };
+        if remote == local || remote.to_ne_bytes()[0] == 127 {
+            return sk_action::SK_PASS;
+        }
+        PodIpKey::v4(local.to_ne_bytes())
+    } else if family == u32::from(AF_INET6) {
+        // SAFETY: readable in sk_lookup.
+        let (local, remote) = unsafe { ((*l).local_ip6, (*l).remote_ip6) };
+        let same = remote[0] == local[0]
+            && remote[1] == local[1]
+            && remote[2] == local[2]
+            && remote[3] == local[3];
+        let loopback = remote[0] == 0
+            && remote[1] == 0
+            && remote[2] == 0
+            && remote[3] == u32::from_ne_bytes([0, 0, 0, 1]);
+        if same || loopback {
+            return sk_action::SK_PASS;
+        }
+        PodIpKey { addr: ip6_bytes(local) }
+    } else {
+        return sk_action::SK_PASS;
+    };
     // The node's own address is steered too: the agent exempts only kubelet
     // probes from policy (docs/security.md), nothing bypasses it here.
     // SAFETY: a plain lookup in the map.
@@ -434,9 +442,27 @@ pub fn weft_sk_lookup(ctx: SkLookupContext) -> u32 {
             count(stats::INBOUND_STEERED);
             sk_action::SK_PASS
         }
-        // Captured pod without its agent socket (agent down): refuse, never bypass.
+        // Captured pod without an agent socket of this family (agent down,
+        // enrolled closed, no IPv6 listener): refuse, never bypass.
         Err(_) => sk_action::SK_DROP,
     }
+}
+
+/// An IPv6 address as the kernel gives it (four words in network byte order in
+/// memory) as bytes.
+#[inline(always)]
+fn ip6_bytes(words: [u32; 4]) -> [u8; 16] {
+    let mut addr = [0u8; 16];
+    let mut i = 0;
+    while i < 4 {
+        let b = words[i].to_ne_bytes();
+        addr[i * 4] = b[0];
+        addr[i * 4 + 1] = b[1];
+        addr[i * 4 + 2] = b[2];
+        addr[i * 4 + 3] = b[3];
+        i += 1;
+    }
+    addr
 }
 
 #[cfg(not(test))]

@@ -24,6 +24,8 @@ pub struct Lab {
     next_veth: usize,
     mounts: Mutex<Vec<PathBuf>>,
     children: Mutex<Vec<Child>>,
+    /// Nodes and pods also get IPv6 addresses (opt-in: [`Lab::new_dual_stack`]).
+    dual_stack: bool,
 }
 
 impl Lab {
@@ -41,6 +43,7 @@ impl Lab {
             next_veth: 0,
             mounts: Mutex::new(Vec::new()),
             children: Mutex::new(Vec::new()),
+            dual_stack: false,
         };
         // From here on, Drop cleans up whatever got created.
         std::fs::create_dir_all(&lab.run_dir)?;
@@ -51,6 +54,15 @@ impl Lab {
         ip_in(&lab.underlay, &["link", "add", "ul0", "type", "bridge"])?;
         ip_in(&lab.underlay, &["link", "set", "ul0", "up"])?;
         lab.nodes.reserve(4);
+        Ok(lab)
+    }
+
+    /// An empty dual-stack lab: every node and pod added also gets an IPv6 ULA
+    /// address (`fd00:<node>::<host>/64`, the node `::1`), nodes route IPv6 over
+    /// the underlay (`fd00:89::<node>`).
+    pub fn new_dual_stack() -> Result<Lab> {
+        let mut lab = Lab::new()?;
+        lab.dual_stack = true;
         Ok(lab)
     }
 
@@ -94,9 +106,16 @@ impl Lab {
             bail!("node index {index} is taken or out of range");
         }
         let node = Node::create(&self.id, &self.underlay, name, index)?;
+        if self.dual_stack {
+            node.enable_ipv6()?;
+        }
         for other in &self.nodes {
             node.route_to(other)?;
             other.route_to(&node)?;
+            if self.dual_stack {
+                node.route6_to(other)?;
+                other.route6_to(&node)?;
+            }
         }
         self.nodes.push(node);
         Ok(self.nodes.last().expect("just pushed"))
@@ -129,7 +148,13 @@ impl Lab {
                 .with_context(|| format!("no free pod address on {}", node.name))?,
         };
         let veth = format!("v{}", self.next_veth);
-        let pod = Pod::create(&self.id, node, name, ip, &veth, cgroup)?;
+        let mut pod = Pod::create(&self.id, node, name, ip, &veth, cgroup)?;
+        if self.dual_stack
+            && let Err(e) = pod.enable_ipv6(node)
+        {
+            let _ = pod.destroy();
+            return Err(e);
+        }
         self.next_veth += 1;
         self.pods.push(pod);
         Ok(self.pods.last().expect("just pushed"))

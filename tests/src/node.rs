@@ -1,6 +1,6 @@
 //! A node: a netns with a bridge for its pods and a link to the underlay.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -84,6 +84,61 @@ impl Node {
     /// Address `host` in the node's pod subnet.
     pub fn pod_ip(&self, host: u8) -> Ipv4Addr {
         Ipv4Addr::new(10, 88, self.index, host)
+    }
+
+    /// Dual-stack labs: the node's IPv6 address on its pod bridge.
+    pub fn bridge_ip6(&self) -> Ipv6Addr {
+        self.pod_ip6(1)
+    }
+
+    /// Dual-stack labs: address `host` in the node's IPv6 pod subnet
+    /// `fd00:<index>::/64`.
+    pub fn pod_ip6(&self, host: u8) -> Ipv6Addr {
+        Ipv6Addr::new(
+            0xfd00,
+            u16::from(self.index),
+            0,
+            0,
+            0,
+            0,
+            0,
+            u16::from(host),
+        )
+    }
+
+    /// Dual-stack labs: the node's IPv6 underlay address.
+    pub fn underlay_ip6(&self) -> Ipv6Addr {
+        Ipv6Addr::new(0xfd00, 0x89, 0, 0, 0, 0, 0, u16::from(self.index))
+    }
+
+    /// Gives the node IPv6: forwarding, an address on its pod bridge and one on
+    /// the underlay (no duplicate detection: usable at once).
+    pub(crate) fn enable_ipv6(&self) -> Result<()> {
+        let ns = self.netns.as_str();
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                ns,
+                "sysctl",
+                "-qw",
+                "net.ipv6.conf.all.forwarding=1",
+            ],
+        )?;
+        let bridge = format!("{}/64", self.bridge_ip6());
+        ip_in(ns, &["-6", "addr", "add", &bridge, "dev", "br0", "nodad"])?;
+        let underlay = format!("{}/64", self.underlay_ip6());
+        ip_in(ns, &["-6", "addr", "add", &underlay, "dev", "ul", "nodad"])?;
+        Ok(())
+    }
+
+    /// Dual-stack labs: routes this node's traffic for `other`'s IPv6 pods.
+    pub(crate) fn route6_to(&self, other: &Node) -> Result<()> {
+        let subnet = format!("{}/64", other.pod_ip6(0));
+        let via = other.underlay_ip6().to_string();
+        ip_in(&self.netns, &["-6", "route", "add", &subnet, "via", &via])?;
+        Ok(())
     }
 
     pub fn netns_path(&self) -> PathBuf {

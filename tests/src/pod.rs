@@ -1,6 +1,6 @@
 //! A pod: a netns with a veth to its node's bridge and a cgroup of its own.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -19,6 +19,8 @@ pub struct Pod {
     pub cgroup: PathBuf,
     /// The node's address as this pod sees it.
     pub node_ip: Ipv4Addr,
+    /// Dual-stack labs: the pod's IPv6 address (`fd00:<node>::<host>`).
+    pub ip6: Option<Ipv6Addr>,
 }
 
 impl Pod {
@@ -37,6 +39,7 @@ impl Pod {
             netns: format!("{lab_id}-{name}"),
             cgroup,
             node_ip: node.bridge_ip(),
+            ip6: None,
         };
         let ns = pod.netns.as_str();
         run("ip", &["netns", "add", ns])?;
@@ -63,6 +66,19 @@ impl Pod {
         std::fs::create_dir_all(&pod.cgroup)
             .with_context(|| format!("create {}", pod.cgroup.display()))?;
         Ok(pod)
+    }
+
+    /// Dual-stack labs: gives the pod the IPv6 address matching its IPv4 one,
+    /// with a default route via the node.
+    pub(crate) fn enable_ipv6(&mut self, node: &Node) -> Result<()> {
+        let ip6 = node.pod_ip6(self.ip.octets()[3]);
+        let ns = self.netns.as_str();
+        let addr = format!("{ip6}/64");
+        ip_in(ns, &["-6", "addr", "add", &addr, "dev", "eth0", "nodad"])?;
+        let via = node.bridge_ip6().to_string();
+        ip_in(ns, &["-6", "route", "add", "default", "via", &via])?;
+        self.ip6 = Some(ip6);
+        Ok(())
     }
 
     pub fn netns_path(&self) -> PathBuf {

@@ -138,6 +138,7 @@ fn node_sourced_inbound_is_steered_to_the_agent() -> Result<()> {
     let steer = InboundEnrolment {
         netns: netns.file(),
         listener: &inbound,
+        listener6: None,
     };
     programs.enrol(&enrolment, Some(steer))?;
 

@@ -24,10 +24,24 @@ pub struct PodEnrolment {
     pub node_addr: Option<IpAddr>,
 }
 
-/// The agent's plaintext inbound listener of a pod, for sk_lookup to steer to.
+/// The agent's plaintext inbound listeners of a pod, for sk_lookup to steer to.
 pub struct InboundEnrolment<'a> {
     pub netns: &'a File,
+    /// For the pod's IPv4 addresses (`0.0.0.0:15006`).
     pub listener: &'a dyn AsRawFd,
+    /// For its IPv6 addresses (`[::]:15006`, IPv6 only). `None`: inbound to them
+    /// is dropped, never handed to the app (docs/security.md).
+    pub listener6: Option<&'a dyn AsRawFd>,
+}
+
+impl InboundEnrolment<'_> {
+    /// The listener sk_lookup steers connections to `ip` to, if any.
+    fn listener_for(&self, ip: IpAddr) -> Option<&dyn AsRawFd> {
+        match ip.to_canonical() {
+            IpAddr::V4(_) => Some(self.listener),
+            IpAddr::V6(_) => self.listener6,
+        }
+    }
 }
 
 impl KernelPrograms {
@@ -46,9 +60,15 @@ impl KernelPrograms {
             for ip in &pod.pod_ips {
                 let key = pod_ip_key(*ip);
                 let maps = self.maps_mut();
-                maps.inbound_sockets
-                    .insert(key, inbound.listener.as_raw_fd(), 0)
-                    .with_context(|| format!("register the inbound socket of {ip}"))?;
+                match inbound.listener_for(*ip) {
+                    Some(listener) => maps
+                        .inbound_sockets
+                        .insert(key, listener.as_raw_fd(), 0)
+                        .with_context(|| format!("register the inbound socket of {ip}"))?,
+                    // No socket of its family: sk_lookup drops its inbound.
+                    None => ignore_missing(maps.inbound_sockets.remove(&key))
+                        .with_context(|| format!("remove the inbound socket of {ip}"))?,
+                }
                 maps.inbound_config
                     .insert(key, InboundConfig { node_addr }, 0)
                     .with_context(|| format!("register the inbound config of {ip}"))?;

@@ -52,6 +52,10 @@ pub struct PodSockets {
     pub outbound: Vec<std::net::TcpListener>,
     pub inbound_plaintext: std::net::TcpListener,
     pub tunnel: std::net::TcpListener,
+    /// `[::]:15006` and `[::]:15008` (IPv6 only), when the pod's netns has IPv6.
+    /// Without them, inbound to the pod's IPv6 addresses is dropped in the kernel.
+    pub inbound_plaintext6: Option<std::net::TcpListener>,
+    pub tunnel6: Option<std::net::TcpListener>,
 }
 
 pub struct PodManager {
@@ -316,6 +320,10 @@ impl PodManager {
         let inbound = InboundEnrolment {
             netns: sockets.netns.file(),
             listener: &sockets.inbound_plaintext,
+            listener6: sockets
+                .inbound_plaintext6
+                .as_ref()
+                .map(|l| l as &dyn std::os::fd::AsRawFd),
         };
         self.programs.enrol(&enrolment, Some(inbound))?;
         debug!(pod = %workload.key, cookie, "kernel capture in place");
@@ -392,6 +400,22 @@ impl PodManager {
             self.shared.clone(),
             connections.clone(),
         ));
+        if let Some(plaintext6) = sockets.inbound_plaintext6 {
+            tokio::spawn(run_inbound_plaintext(
+                tokio_listener(plaintext6)?,
+                ctx.clone(),
+                self.shared.clone(),
+                connections.clone(),
+            ));
+        }
+        if let Some(tunnel6) = sockets.tunnel6 {
+            tokio::spawn(run_inbound_tunnel(
+                tokio_listener(tunnel6)?,
+                ctx.clone(),
+                self.shared.clone(),
+                connections.clone(),
+            ));
+        }
         let tunnel = tokio_listener(sockets.tunnel)?;
         tokio::spawn(run_inbound_tunnel(
             tunnel,
@@ -473,11 +497,24 @@ fn open_pod_sockets(netns: Netns) -> Result<PodSockets> {
         INBOUND_PLAINTEXT_PORT,
     )))?;
     let tunnel = listen(SocketAddr::from((Ipv4Addr::UNSPECIFIED, TUNNEL_PORT)))?;
+    // IPv6 inbound (docs/security.md): both listeners or neither, only if the
+    // pod's netns has IPv6. Without them its IPv6 addresses are dropped, not open.
+    let listen6 = |port| listen(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)));
+    let (inbound_plaintext6, tunnel6) =
+        match listen6(INBOUND_PLAINTEXT_PORT).and_then(|p| Ok((p, listen6(TUNNEL_PORT)?))) {
+            Ok((plaintext, tunnel)) => (Some(plaintext), Some(tunnel)),
+            Err(e) => {
+                debug!(error = %format!("{e:#}"), "no IPv6 inbound listeners");
+                (None, None)
+            }
+        };
     Ok(PodSockets {
         netns,
         outbound,
         inbound_plaintext,
         tunnel,
+        inbound_plaintext6,
+        tunnel6,
     })
 }
 
