@@ -4,6 +4,7 @@ mod bench;
 mod bench_kube;
 mod demo;
 mod demo_kube;
+mod fuzz;
 mod image;
 mod setup;
 mod test;
@@ -36,6 +37,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Build the agent's container image as an OCI archive, without a container engine.
     Image(image::ImageArgs),
+    /// Fuzz the untrusted parsers (fuzz/, cargo-fuzz on nightly) from the committed seeds.
+    Fuzz(fuzz::FuzzArgs),
     /// The netns lab.
     Lab {
         #[command(subcommand)]
@@ -57,6 +60,7 @@ fn main() -> Result<()> {
         Command::Demo { kube: true } => demo_kube::run(),
         Command::Bench(args) => bench::run(&args),
         Command::Image(args) => image::run(&args),
+        Command::Fuzz(args) => fuzz::run(&args),
         Command::Lab {
             command: LabCommand::Clean,
         } => {

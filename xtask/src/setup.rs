@@ -54,6 +54,7 @@ pub fn run() -> Result<()> {
     base()?;
     image_tools()?;
     kube_binaries()?;
+    crate::fuzz::tools()?;
     println!("setup: everything is in place");
     Ok(())
 }

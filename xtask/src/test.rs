@@ -40,6 +40,9 @@ pub fn run() -> Result<()> {
         "cargo test (unit and end-to-end)",
         cargo().args(["test", "--workspace"]),
     )?;
+    // A short run of every fuzz target from the committed seeds (the long runs
+    // are `cargo xtask fuzz --seconds N`).
+    crate::fuzz::run_targets(crate::fuzz::TARGETS, 30)?;
     let left = lab::leftovers();
     if !left.is_empty() {
         bail!("the test suite left lab objects behind: {left:?}");

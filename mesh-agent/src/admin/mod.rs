@@ -1,9 +1,10 @@
 //! The admin HTTP server (docs/architecture.md, "The agent", `127.0.0.1:15000`): `/ready`, `/config_dump`,
-//! `/workloads`, `/certs`. Built on hyper 1 with a small [`Router`] rather than axum: three
+//! `/workloads`, `/certs`, `/enrolment_failures`. Built on hyper 1 with a small [`Router`] rather than axum: three
 //! read-only JSON endpoints do not need tower's middleware stack, and the proxy
 //! already depends on hyper.
 
 pub mod client;
+mod failing;
 mod router;
 
 use std::{
@@ -18,6 +19,7 @@ use hyper::{StatusCode, header::HeaderValue, service::service_fn};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+pub use failing::{FailingPod, FailingPods, with_enrolment_failures, with_ready_detail};
 pub use router::{Body, HandlerFuture, Router, json, text};
 
 use crate::identity::CertManager;

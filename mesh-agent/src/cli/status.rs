@@ -6,7 +6,10 @@ use clap::Args;
 
 use super::{Output, format_table};
 use crate::{
-    admin::client::{DEFAULT_ADMIN, get, get_json},
+    admin::{
+        FailingPod,
+        client::{DEFAULT_ADMIN, get, get_json},
+    },
     config::kube::Refusal,
     run::NodePodReport,
     state::Workload,
@@ -37,16 +40,19 @@ async fn status(args: &StatusArgs) -> anyhow::Result<()> {
     // Cluster mode only: a file-mode agent answers 404 to these.
     let refused: Vec<Refusal> = optional(&args.admin, "/refused").await?;
     let node_pods: Vec<NodePodReport> = optional(&args.admin, "/node_pods").await?;
+    // An older agent answers 404.
+    let failing: Vec<FailingPod> = optional(&args.admin, "/enrolment_failures").await?;
     match args.output {
         Output::Json => {
             let v = serde_json::json!({
                 "ready": ready, "generation": generation, "workloads": workloads,
-                "refused": refused, "nodePods": node_pods,
+                "refused": refused, "nodePods": node_pods, "enrolmentFailures": failing,
             });
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
         Output::Table => {
             print!("{}", format_status(ready, generation, &workloads));
+            print!("{}", format_failing(&failing));
             print!("{}", format_cluster(&refused, &node_pods));
         }
     }
@@ -61,6 +67,23 @@ async fn optional<T: serde::de::DeserializeOwned + Default>(
         return Ok(T::default());
     }
     Ok(get_json(admin, path).await?.0)
+}
+
+/// The pods of this node the agent cannot enrol: not meshed-ready, with why.
+pub fn format_failing(failing: &[FailingPod]) -> String {
+    let mut out = String::new();
+    for p in failing {
+        let held = if p.closed {
+            "held closed: its connections are refused"
+        } else {
+            "NOT held closed: the kernel refused that too"
+        };
+        out.push_str(&format!(
+            "warning: {}/{} is meshed but its enrolment fails ({held}; attempt {}, next in {:.0} s): {}\n",
+            p.namespace, p.name, p.attempts, p.next_retry_secs, p.reason
+        ));
+    }
+    out
 }
 
 /// Refused objects and warnings about uncaptured processes (cluster mode).
@@ -147,4 +170,25 @@ pub fn format_status(ready: bool, generation: Option<u64>, workloads: &[Workload
         &rows,
     ));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_pod_is_shown_with_its_reason() {
+        let pod = FailingPod {
+            namespace: "payments".into(),
+            name: "p-1".into(),
+            reason: "listen on 0.0.0.0:15006: address in use".into(),
+            attempts: 2,
+            next_retry_secs: 1.6,
+            closed: true,
+        };
+        assert_eq!(
+            format_failing(&[pod]),
+            "warning: payments/p-1 is meshed but its enrolment fails (held closed: its connections are refused; attempt 2, next in 2 s): listen on 0.0.0.0:15006: address in use\n"
+        );
+    }
 }

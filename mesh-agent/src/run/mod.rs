@@ -3,6 +3,7 @@
 //! and metrics servers; then waits for a signal.
 
 mod args;
+mod enrol_failures;
 mod inbound;
 mod memory;
 mod node_pods;
@@ -46,12 +47,20 @@ pub fn main(args: RunArgs) -> Result<()> {
 async fn run(args: RunArgs) -> Result<()> {
     let metrics = Arc::new(telemetry::Metrics::new()?);
     let ready = Arc::new(AtomicBool::new(false));
+    let failing = admin::FailingPods::default();
     let probes = tokio::net::TcpListener::bind(args.readiness_addr)
         .await
         .with_context(|| format!("bind the readiness server on {}", args.readiness_addr))?;
     tokio::spawn(log_exit(
         "readiness server",
-        admin::serve_router(probes, admin::probes_router(ready.clone())),
+        admin::serve_router(
+            probes,
+            admin::with_ready_detail(
+                admin::probes_router(ready.clone()),
+                ready.clone(),
+                failing.clone(),
+            ),
+        ),
     ));
     let metrics_listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
@@ -85,6 +94,8 @@ async fn run(args: RunArgs) -> Result<()> {
     let certs = certificates(&args, &metrics, client.as_ref()).await?;
     let mut admin_router =
         admin::with_certs(admin::router(state.clone(), ready.clone()), certs.clone());
+    admin_router = admin::with_ready_detail(admin_router, ready.clone(), failing.clone());
+    admin_router = admin::with_enrolment_failures(admin_router, failing.clone());
     if let Some(refusals) = refusals {
         admin_router = admin::with_refusals(admin_router, refusals);
     }
@@ -101,7 +112,8 @@ async fn run(args: RunArgs) -> Result<()> {
         &args.trust_domain,
         certs,
         ready.clone(),
-    )?;
+    )?
+    .with_failing_pods(failing);
     if args.kube {
         pods = pods.with_node_pods(node_pods::NodePods::new(&cgroup)?);
     }

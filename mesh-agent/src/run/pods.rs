@@ -1,21 +1,25 @@
 //! Keeps the kernel and the pods' sockets in step with the state: every meshed pod
 //! of this node is enrolled (listeners in its netns, map entries, sk_lookup), and
 //! every pod that went away, was opted out or lost its namespace label is released.
+//! A pod that cannot be enrolled is held closed by the kernel and retried with
+//! backoff (docs/architecture.md, "Enrolment failures").
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use mesh_common::{INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, TUNNEL_PORT};
 use tracing::{debug, info, warn};
 
+use super::enrol_failures::{EnrolFailures, FailureMetrics};
 use super::node_pods::{NodePodReport, NodePods, gate, report};
 use super::pod_context::{NetnsDialer, OrigDstMap, PodContext};
 use super::resolve::PoolKey;
+use crate::admin::FailingPods;
 use crate::ebpf::{InboundEnrolment, KernelPrograms, KubepodsRoot, PodEnrolment};
 use crate::identity::{CertManager, SpiffeId};
 use crate::netns::{Netns, bind_listener, netns_cookie};
@@ -28,6 +32,9 @@ use crate::state::{StateHandle, Workload, WorkloadKey};
 use crate::telemetry::SecurityPolicy;
 
 const BACKLOG: i32 = 1024;
+/// How long a pod whose identity changed waits for its old listeners to close
+/// before it is enrolled again (its connections fail closed meanwhile).
+const REENROL_DELAY: Duration = Duration::from_millis(100);
 /// Cluster mode: how often the node's pods are rescanned. A new pod's connects
 /// are refused by the kernel until a scan finds and enrols it, so this bounds how
 /// long a new meshed pod waits (its app retries).
@@ -44,6 +51,14 @@ struct EnrolledPod {
     /// own, and closed with it.
     pool: Pool<PoolKey>,
     ctx: Arc<PodContext>,
+}
+
+/// A pod held closed by the kernel after its enrolment failed: what must be
+/// undone once it is enrolled for real or goes.
+struct ClosedPod {
+    netns_path: PathBuf,
+    netns_cookie: u64,
+    ips: Vec<IpAddr>,
 }
 
 /// The agent's listeners inside a pod's netns.
@@ -75,8 +90,16 @@ pub struct PodManager {
     gated: HashSet<u64>,
     /// Set once every meshed pod of the node that can be enrolled is.
     ready: Arc<AtomicBool>,
-    /// The last reconcile could not enrol some pod: retry at the next rescan.
-    retry: bool,
+    /// Pods that could not be enrolled: why, and when to try again.
+    failures: EnrolFailures,
+    /// Their closed enrolments in the kernel.
+    closed: HashMap<WorkloadKey, ClosedPod>,
+    /// What `/ready` and `status` show of `failures`.
+    failing: FailingPods,
+    /// A pod's identity changed and its proxies were stopped: enrol it again
+    /// once their listeners are closed (they close on their own tasks).
+    reenrol_at: Option<Instant>,
+    failure_metrics: FailureMetrics,
     /// Cluster mode: the node's pods for `/node_pods`.
     reports: Arc<std::sync::RwLock<Vec<NodePodReport>>>,
     /// The agent's own (the node's) netns cookie: never held by the pod gate.
@@ -98,6 +121,7 @@ impl PodManager {
             node,
             programs,
             state,
+            failure_metrics: FailureMetrics::register(shared.metrics.registry())?,
             shared,
             orig_dst,
             pods: HashMap::new(),
@@ -112,7 +136,10 @@ impl PodManager {
             node_pods: None,
             gated: HashSet::new(),
             ready,
-            retry: false,
+            failures: EnrolFailures::default(),
+            closed: HashMap::new(),
+            failing: FailingPods::default(),
+            reenrol_at: None,
             reports: Default::default(),
             host_netns_cookie: Netns::open("/proc/self/ns/net")
                 .and_then(|ns| netns_cookie(&ns))
@@ -123,6 +150,12 @@ impl PodManager {
     /// Cluster mode: enrol the pods `node_pods` finds, and drive the pod gate.
     pub fn with_node_pods(mut self, node_pods: NodePods) -> Self {
         self.node_pods = Some(node_pods);
+        self
+    }
+
+    /// Where to show the pods whose enrolment fails (`/ready`, `status`).
+    pub fn with_failing_pods(mut self, failing: FailingPods) -> Self {
+        self.failing = failing;
         self
     }
 
@@ -147,6 +180,19 @@ impl PodManager {
         rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         loop {
+            // A failing pod is retried on its own schedule, in file mode too.
+            let retry = self
+                .failures
+                .next_retry()
+                .into_iter()
+                .chain(self.reenrol_at)
+                .min();
+            let retry_due = async move {
+                match retry {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 changed = generations.changed() => {
                     if changed.is_err() {
@@ -158,11 +204,11 @@ impl PodManager {
                     self.reconcile();
                 }
                 _ = rescan.tick(), if self.node_pods.is_some() => {
-                    let changed = self.node_pods.as_mut().is_some_and(NodePods::rescan);
-                    if changed || self.retry {
+                    if self.node_pods.as_mut().is_some_and(NodePods::rescan) {
                         self.reconcile();
                     }
                 }
+                () = retry_due => self.reconcile(),
                 () = &mut shutdown => break,
             }
         }
@@ -196,24 +242,76 @@ impl PodManager {
     }
 
     fn reconcile(&mut self) {
+        let now = Instant::now();
         let desired = self.desired();
         if let Some(certs) = &self.certs {
             // Certificates only for the identities of pods enrolled here.
-            let ids = desired.values().map(|w| {
-                SpiffeId::for_workload(&self.trust_domain, &w.key.namespace, &w.service_account)
-            });
+            let ids = desired.values().map(|w| identity_of(&self.trust_domain, w));
             for (id, error) in certs.set_wanted(ids) {
                 warn!(identity = %id, %error, "cannot issue a workload certificate; its pods cannot accept tunnel connections");
             }
         }
+        let renamed = self.release_stale(&desired);
+        self.reenrol_at = (!renamed.is_empty()).then(|| now + REENROL_DELAY);
+        let wanted: HashSet<&WorkloadKey> = desired.keys().collect();
+        self.failures.retain(&wanted);
+        for (key, workload) in &desired {
+            let waiting = !self.failures.due(key, now) || renamed.contains(key);
+            if self.pods.contains_key(key) || waiting {
+                continue;
+            }
+            match self.enrol(workload) {
+                Ok(pod) => {
+                    // The real enrolment replaced the closed one's entries.
+                    self.closed.remove(key);
+                    let failed_before = self.failures.succeeded(key);
+                    info!(pod = %key, ips = ?pod.ips, netns = %pod.netns_path.display(), failed_before, "pod enrolled");
+                    self.pods.insert(key.clone(), pod);
+                }
+                Err(e) => self.enrolment_failed(workload, &e, now),
+            }
+        }
+        for pod in self.pods.values() {
+            pod.ctx.review_connections();
+        }
+        self.shared
+            .metrics
+            .enrolled_pods()
+            .set(self.pods.len() as i64);
+        self.failure_metrics.set_failing(&self.failures);
+        self.failing.set(self.failures.reports(now));
+        self.update_gate();
+        // In a cluster, `/ready` waits until every meshed pod already on the node
+        // is enrolled or held closed (failures are retried with backoff); a
+        // file's pods are enrolled or reported at the first reconcile. A pod
+        // held closed is safe (nothing of it flows unmeshed), so it leaves the
+        // agent ready; `/ready`'s body names it.
+        let settled = self.failures.all_closed() || self.node_pods.is_none();
+        if settled && !self.ready.swap(true, Ordering::AcqRel) {
+            info!(
+                enrolled = self.pods.len(),
+                failing = self.failures.closed(),
+                "agent ready"
+            );
+        }
+    }
+
+    /// Releases the enrolled pods that went or whose netns or IPs changed, and
+    /// their closed enrolments likewise. A pod whose identity changed keeps its
+    /// kernel capture while its proxies stop; it is enrolled again, with the new
+    /// identity, once they are closed (`REENROL_DELAY`), and until then its
+    /// connections fail closed. Returns the pods whose identity changed.
+    fn release_stale(
+        &mut self,
+        desired: &HashMap<WorkloadKey, Arc<Workload>>,
+    ) -> HashSet<WorkloadKey> {
+        let moved = |w: Option<&Arc<Workload>>, netns: &PathBuf, ips: &Vec<IpAddr>| {
+            w.is_none_or(|w| w.netns.as_ref() != Some(netns) || w.ips != *ips)
+        };
         let stale: Vec<WorkloadKey> = self
             .pods
             .iter()
-            .filter(|(key, pod)| {
-                desired
-                    .get(*key)
-                    .is_none_or(|w| w.netns.as_ref() != Some(&pod.netns_path) || w.ips != pod.ips)
-            })
+            .filter(|(key, pod)| moved(desired.get(*key), &pod.netns_path, &pod.ips))
             .map(|(key, _)| key.clone())
             .collect();
         for key in stale {
@@ -224,38 +322,85 @@ impl PodManager {
                 }
             }
         }
-        let mut failed = 0;
-        for (key, workload) in desired {
-            if self.pods.contains_key(&key) {
-                continue;
+        let renamed: HashSet<WorkloadKey> = self
+            .pods
+            .iter()
+            .filter(|(key, pod)| {
+                desired
+                    .get(*key)
+                    .is_some_and(|w| identity_of(&self.trust_domain, w) != pod.ctx.identity)
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in &renamed {
+            if let Some(pod) = self.pods.remove(key) {
+                info!(pod = %key, old = %pod.ctx.identity, "pod identity changed: enrolling it again");
+                pod.connections.close_all();
+                pod.pool.close_all();
             }
-            match self.enrol(&workload) {
-                Ok(pod) => {
-                    info!(pod = %key, ips = ?pod.ips, netns = %pod.netns_path.display(), "pod enrolled");
-                    self.pods.insert(key, pod);
-                }
-                Err(e) => {
-                    failed += 1;
-                    warn!(pod = %key, error = %format!("{e:#}"), "cannot enrol pod; will retry on the next change")
+        }
+        let stale: Vec<WorkloadKey> = self
+            .closed
+            .iter()
+            .filter(|(key, pod)| moved(desired.get(*key), &pod.netns_path, &pod.ips))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in stale {
+            // Its new netns or IPs are tried (and held closed) at once.
+            self.failures.forget(&key);
+            if let Some(pod) = self.closed.remove(&key) {
+                match self.programs.unenrol(pod.netns_cookie, &pod.ips) {
+                    Ok(()) => info!(pod = %key, "closed enrolment released"),
+                    Err(e) => {
+                        warn!(pod = %key, error = %format!("{e:#}"), "releasing a closed enrolment")
+                    }
                 }
             }
         }
-        for pod in self.pods.values() {
-            pod.ctx.review_connections();
-        }
-        self.shared
-            .metrics
-            .enrolled_pods()
-            .set(self.pods.len() as i64);
-        self.update_gate();
-        // In a cluster, `/ready` waits until every meshed pod already on the node
-        // is enrolled (failures are retried at each rescan); a file's pods are
-        // enrolled or reported at the first reconcile.
-        self.retry = failed > 0;
-        let settled = failed == 0 || self.node_pods.is_none();
-        if settled && !self.ready.swap(true, Ordering::AcqRel) {
-            info!(enrolled = self.pods.len(), "agent ready");
-        }
+        renamed
+    }
+
+    /// A pod could not be enrolled: hold it closed in the kernel (inbound
+    /// dropped, outbound refused) rather than leave it uncaptured, and retry
+    /// with backoff (docs/security.md).
+    fn enrolment_failed(&mut self, workload: &Workload, error: &anyhow::Error, now: Instant) {
+        let key = &workload.key;
+        let closed = match self.enrol_closed(workload) {
+            Ok(pod) => {
+                self.closed.insert(key.clone(), pod);
+                true
+            }
+            Err(e) => {
+                warn!(pod = %key, error = %format!("{e:#}"), "cannot hold the pod closed either");
+                false
+            }
+        };
+        let reason = format!("{error:#}");
+        let (attempts, wait) = self.failures.failed(key, reason.clone(), closed, now);
+        self.failure_metrics.attempt_failed();
+        // Backoff bounds these to one a minute per pod.
+        warn!(pod = %key, error = %reason, attempts, retry_in = ?wait, closed, "cannot enrol pod; held closed, will retry");
+    }
+
+    /// The pod's closed enrolment: the kernel captures its netns and IPs with
+    /// no agent socket behind them, so it fails closed.
+    fn enrol_closed(&mut self, workload: &Workload) -> Result<ClosedPod> {
+        let netns_path = workload.netns.clone().context("no netns")?;
+        let netns = Netns::open(&netns_path)?;
+        let cookie = netns_cookie(&netns).context("read the netns cookie")?;
+        let node_addr = self.node_addr_for(&workload.ips);
+        let enrolment = PodEnrolment {
+            netns_cookie: cookie,
+            pod_ips: workload.ips.clone(),
+            outbound_port: 0,
+            node_addr,
+        };
+        self.programs.enrol_closed(&enrolment, netns.file())?;
+        Ok(ClosedPod {
+            netns_path,
+            netns_cookie: cookie,
+            ips: workload.ips.clone(),
+        })
     }
 
     /// Cluster mode: tells the kernel which pod cgroups may connect (see
@@ -338,11 +483,7 @@ impl PodManager {
             orig_dst: self.orig_dst.clone(),
             node_addr,
             round_robin: Default::default(),
-            identity: SpiffeId::for_workload(
-                &self.trust_domain,
-                &workload.key.namespace,
-                &workload.service_account,
-            ),
+            identity: identity_of(&self.trust_domain, workload),
             certs: self.certs.clone(),
             trust_domain: self.trust_domain.clone(),
             security: self.security,
@@ -359,8 +500,8 @@ impl PodManager {
         );
         let started = self.start_proxies(sockets, ctx.clone(), &connections, &pool);
         if let Err(e) = started {
+            // The capture stays: the caller holds the pod closed in its place.
             connections.close_all();
-            self.programs.unenrol(cookie, &workload.ips)?;
             return Err(e);
         }
         Ok(EnrolledPod {
@@ -516,6 +657,11 @@ fn open_pod_sockets(netns: Netns) -> Result<PodSockets> {
         inbound_plaintext6,
         tunnel6,
     })
+}
+
+/// The SPIFFE id a pod's service account gives it.
+fn identity_of(trust_domain: &str, w: &Workload) -> SpiffeId {
+    SpiffeId::for_workload(trust_domain, &w.key.namespace, &w.service_account)
 }
 
 /// IPv4 addresses of the agent's own netns, with their prefix lengths.
