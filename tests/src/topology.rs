@@ -161,11 +161,20 @@ impl Lab {
     /// Builds a lab with the nodes and pods `file` describes and writes the agents'
     /// copy of it into the lab's run dir.
     pub fn from_config(file: &Path) -> Result<(Lab, LabConfig)> {
+        Self::from_config_with(file, Lab::new()?)
+    }
+
+    /// As [`Lab::from_config`], dual stack ([`Lab::new_dual_stack`]): the agents'
+    /// copy lists each pod's IPv6 address after its IPv4 one in `status.podIPs`.
+    pub fn from_config_dual_stack(file: &Path) -> Result<(Lab, LabConfig)> {
+        Self::from_config_with(file, Lab::new_dual_stack()?)
+    }
+
+    fn from_config_with(file: &Path, mut lab: Lab) -> Result<(Lab, LabConfig)> {
         let text =
             std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?;
         let mut docs = YamlLoader::load_from_str(&text)
             .with_context(|| format!("parse {}", file.display()))?;
-        let mut lab = Lab::new()?;
         for doc in docs
             .iter_mut()
             .filter(|d| d["kind"].as_str() == Some("Pod"))
@@ -193,7 +202,22 @@ impl Lab {
                     "Pod {name}: the lab gives node {node} the subnet {expected}/24, but status.podIP is {ip}"
                 );
             }
-            let netns = lab.add_pod(&node, &name, Some(ip))?.netns_path();
+            let pod = lab.add_pod(&node, &name, Some(ip))?;
+            let (netns, ip6) = (pod.netns_path(), pod.ip6);
+            if let Some(ip6) = ip6 {
+                let entry = |ip: String| {
+                    let mut entry = yaml_rust2::yaml::Hash::new();
+                    entry.insert(Yaml::from_str("ip"), Yaml::String(ip));
+                    Yaml::Hash(entry)
+                };
+                let status = nested_hash(doc, &["status"])?;
+                let ips = status
+                    .entry(Yaml::from_str("podIPs"))
+                    .or_insert_with(|| Yaml::Array(vec![entry(ip.to_string())]));
+                if let Yaml::Array(ips) = ips {
+                    ips.push(entry(ip6.to_string()));
+                }
+            }
             let annotations = nested_hash(doc, &["metadata", "annotations"])?;
             annotations.insert(
                 Yaml::from_str(NETNS_ANNOTATION),

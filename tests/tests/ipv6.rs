@@ -142,3 +142,64 @@ fn ipv6_inbound_is_steered_to_the_agent_ipv6_socket() -> Result<()> {
     assert_eq!(from_node, "agent\n", "the node over IPv6");
     Ok(())
 }
+
+/// The example mesh, dual stack, with an agent per node.
+fn dual_stack_mesh() -> Result<lab::MeshLab> {
+    let (lab, config) = Lab::from_config_dual_stack(&lab::example_config())?;
+    let ca_dir = lab.run_dir().join("ca");
+    let init = std::process::Command::new(lab::agent_binary()?)
+        .args(["ca", "init"])
+        .arg(&ca_dir)
+        .output()?;
+    anyhow::ensure!(init.status.success(), "mesh-agent ca init: {init:?}");
+    let mut mesh = lab::MeshLab {
+        lab,
+        config,
+        agents: Vec::new(),
+        ca_dir,
+        agent_args: Vec::new(),
+    };
+    for node in ["node-a", "node-b"] {
+        mesh.start_agent(node)?;
+    }
+    Ok(mesh)
+}
+
+#[test]
+fn strict_pod_over_ipv6_refuses_plaintext_and_serves_the_mesh_through_the_tunnel() -> Result<()> {
+    let mut mesh = dual_stack_mesh()?;
+    // payments-6f7c-b: node-a, namespace payments (strict mTLS).
+    let payments = mesh.pod("payments-6f7c-b")?;
+    let ip6 = payments.ip6.context("dual stack")?;
+    let (app, seen) = reply_server(
+        payments,
+        SocketAddr::new(IpAddr::V6(ip6), 8443),
+        "payments\n",
+    )?;
+
+    // Unmeshed (legacy) pod, plaintext over IPv6: refused by strict mode.
+    let plaintext = common::tcp_read_from(mesh.pod("inventory-0")?, app);
+    assert!(
+        plaintext.as_deref().is_ok_and(|r| r.is_empty()) || plaintext.is_err(),
+        "plaintext over IPv6 reached a strict pod: {plaintext:?}"
+    );
+    // A meshed pod on the other node: through the tunnel, over IPv6.
+    let frontend = mesh.pod("frontend-7d9f-b")?;
+    assert_eq!(common::tcp_read_from(frontend, app)?, "payments\n");
+    let peer = seen.recv_timeout(Duration::from_secs(1))?;
+    eprintln!("payments saw the meshed connection from {peer}");
+    let log = mesh.agent("node-a")?.log();
+    assert!(log.contains("plaintext refused"), "{log}");
+
+    // Policy applies to IPv6 too: deny everything to payments.
+    mesh.config.add_yaml(
+        "apiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata:\n  name: deny-all\n  namespace: payments\nspec:\n  action: DENY\n  rules:\n    - from:\n        - source:\n            namespaces: [shop]\n",
+    )?;
+    mesh.apply_config()?;
+    let denied = common::tcp_read_from(mesh.pod("frontend-7d9f-b")?, app);
+    assert!(
+        denied.as_deref().is_ok_and(|r| r.is_empty()) || denied.is_err(),
+        "a DENY policy let an IPv6 connection through: {denied:?}"
+    );
+    Ok(())
+}
