@@ -22,8 +22,10 @@ use yaml_rust2::{
 /// strain the agent (about 100 bytes each).
 pub const MAX_NODES: usize = 1_000_000;
 
-/// Most bytes of scalars and keys one file may expand to, aliases counted.
-pub const MAX_TEXT_BYTES: usize = 16 << 20;
+/// Most bytes of text one file may expand to: scalars and keys (aliases counted
+/// as copies) and the field paths kept to place errors. A file at the size limit
+/// without aliases holds about a quarter of this.
+pub const MAX_TEXT_BYTES: usize = 64 << 20;
 
 /// Deepest nesting of sequences and mappings. Resources nest about ten levels;
 /// the bound keeps recursive code downstream (typing, dropping) off the stack's
@@ -174,7 +176,8 @@ struct Builder {
     /// Counted over the whole file: the anchors of one document cannot be used in
     /// the next, but many documents would otherwise multiply the limit.
     size: Size,
-    /// The copies kept in `anchors`, counted against the limits with `size`.
+    /// What is kept besides the values: the copies in `anchors` and the paths in
+    /// `positions`, counted against the limits with `size`.
     stored: Size,
     positions: HashMap<String, Pos>,
     doc_index: usize,
@@ -225,8 +228,9 @@ impl Builder {
             )
         } else if total.text > MAX_TEXT_BYTES {
             format!(
-                "expands to more than {} MiB of text (each alias `*name` counts as a copy of what it names): \
-                 use fewer aliases of long values, or split the resources over several files",
+                "expands to more than {} MiB of text (each alias `*name` counts as a copy of what it names, \
+                 and each field's path is kept): use fewer aliases of long values, shorter keys, \
+                 or split the resources over several files",
                 MAX_TEXT_BYTES >> 20
             )
         } else if depth > MAX_DEPTH {
@@ -274,6 +278,7 @@ impl Builder {
                         .contains_key(k)
                         .then(|| format!("duplicate key `{k}` (at {p})"));
                     *key = Some(k.to_owned());
+                    self.stored.text += p.len();
                     self.positions.insert(p, pos);
                     dup
                 }
@@ -288,6 +293,7 @@ impl Builder {
             return false;
         }
         if let Some(p) = self.child_path() {
+            self.stored.text += p.len();
             self.positions.entry(p).or_insert(pos);
         }
         true
@@ -529,9 +535,39 @@ pub(crate) mod tests {
         let long = format!(
             "a: &a {}\nb: [{}]\n",
             "x".repeat(1 << 20),
-            ["*a"; 17].join(", ")
+            ["*a"; 65].join(", ")
         );
         let e = parse_documents(&long).expect_err("too much text");
         assert!(e.message.contains("MiB of text"), "{e:?}");
+    }
+
+    /// Every field's path is kept for error messages: a long key over many
+    /// items would make a small file keep hundreds of MiB of paths.
+    #[test]
+    fn long_paths_count_against_the_limit() {
+        // An explicit key (`? `): a plain one is limited to 1024 characters.
+        let src = format!("? {}\n: [{}]\n", "k".repeat(1 << 20), ["1"; 300].join(","));
+        let e = parse_documents(&src)
+            .map(|d| d.len())
+            .expect_err("too many path bytes");
+        assert_eq!(e.kind, YamlErrorKind::TooLarge);
+        assert!(e.message.contains("MiB of text"), "{e:?}");
+    }
+
+    /// The limits leave room for any real file up to the size limit.
+    #[test]
+    fn a_file_at_the_size_limit_without_aliases_is_accepted() {
+        let mut src = String::new();
+        let mut i = 0;
+        while src.len() < crate::config::file::MAX_FILE_BYTES - 300 {
+            i += 1;
+            src += &format!(
+                "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: web-{i}\n  namespace: shop\n  labels:\n    app: web\nspec:\n  nodeName: node-a\n  containers:\n    - name: app\n      ports:\n        - containerPort: 8080\nstatus:\n  podIP: 10.88.1.1\n"
+            );
+        }
+        let docs = parse_documents(&src)
+            .map_err(|e| e.message)
+            .expect("accepted");
+        assert_eq!(docs.len(), i);
     }
 }
