@@ -113,3 +113,81 @@ fn a_namespace_turning_strict_refuses_and_closes_plaintext() -> Result<()> {
     mesh.ping("reviews-v1-5c4b-b", &frontend)?;
     Ok(())
 }
+
+/// payments-6f7c-b: payments (strict), node-a; its readiness probe names
+/// port 8443 (examples/mesh.yaml).
+const PAYMENTS: &str = "payments-6f7c-b";
+const PAYMENTS_IP: &str = "10.88.1.14";
+/// A port of payments-6f7c-b that no probe names (its server started here).
+const NOT_A_PROBE: u16 = 9090;
+
+/// `weft-load ping ADDR` from node-a's own netns, as the kubelet, a
+/// hostNetwork pod, or NodePort traffic SNATed to the node would connect.
+fn ping_from_node(mesh: &MeshLab, addr: &str) -> Result<()> {
+    let load = lab::load_binary()?;
+    let out = mesh
+        .lab
+        .node("node-a")?
+        .command(&load.to_string_lossy())
+        .args(["ping", addr])
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "ping {addr} from node-a: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Starts an echo server on `port` in `pod` and waits until the meshed
+/// `client` reaches it at `addr`.
+fn serve_extra_port(mesh: &MeshLab, pod: &str, port: u16, client: &str, addr: &str) -> Result<()> {
+    let load = lab::load_binary()?;
+    let mut cmd = mesh.pod(pod)?.command(&load.to_string_lossy());
+    cmd.args(["echo", &port.to_string()]).stdout(Stdio::null());
+    mesh.lab.spawn(cmd)?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while let Err(e) = mesh.ping(client, addr) {
+        if Instant::now() > deadline {
+            return Err(e.context(format!("the extra server on {addr}")));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+#[test]
+fn the_node_is_exempt_from_strict_mtls_on_probe_ports_only() -> Result<()> {
+    let mesh = MeshLab::start()?;
+    let other = format!("{PAYMENTS_IP}:{NOT_A_PROBE}");
+    // payments-6f7c-a (node-b): the payments namespace may reach any port.
+    serve_extra_port(&mesh, PAYMENTS, NOT_A_PROBE, "payments-6f7c-a", &other)?;
+    ping_from_node(&mesh, &format!("{PAYMENTS_IP}:8443")).context("the probe port")?;
+    let start = Instant::now();
+    let refused = ping_from_node(&mesh, &other);
+    eprintln!("node → {other}: {refused:?} after {:?}", start.elapsed());
+    assert!(
+        refused.is_err(),
+        "plaintext from the node to a port no probe names"
+    );
+    Ok(())
+}
+
+#[test]
+fn policy_sees_the_nodes_address_off_probe_ports() -> Result<()> {
+    let mut mesh = MeshLab::start()?;
+    let frontend = format!("{FRONTEND_IP}:8080");
+    ping_from_node(&mesh, &frontend)?;
+    let node_ip = mesh.lab.node("node-a")?.bridge_ip();
+    mesh.config.add_yaml(&format!(
+        "apiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata:\n  name: deny-node\n  namespace: shop\nspec:\n  action: DENY\n  rules:\n    - from:\n        - source:\n            ipBlocks: [{node_ip}/32]\n"
+    ))?;
+    mesh.apply_config()?;
+    assert!(
+        ping_from_node(&mesh, &frontend).is_err(),
+        "a DENY of the node's address applies to it"
+    );
+    mesh.ping(LEGACY, &frontend)?;
+    Ok(())
+}

@@ -18,7 +18,7 @@ pub enum Transport {
     /// Through the tunnel (`15008`): the peer's identity is in the attributes.
     Tunnel,
     /// Plaintext steered to `15006`; `from_node` when its source is the
-    /// node's own address.
+    /// node's own address (exempt on the pod's probe ports only).
     Plaintext { from_node: bool },
 }
 
@@ -52,8 +52,10 @@ pub fn admit(snapshot: &Snapshot, workload: &Workload, conn: &Inbound) -> Decisi
         return Decision::from(Verdict::AgentPort);
     }
     if let Transport::Plaintext { from_node } = conn.transport {
-        // The node itself: kubelet probes.
-        if from_node {
+        // The kubelet probes from the node's address, in plaintext, to the
+        // ports the pod spec names; anything else from there (hostNetwork
+        // pods, NodePort traffic SNATed to the node) is plaintext like any other.
+        if from_node && workload.probe_ports.contains(&port) {
             return Decision::from(Verdict::NodeProbe);
         }
         if workload.mtls == MtlsMode::Strict {

@@ -103,7 +103,7 @@ pub enum Verdict {
     AgentPort,
     /// Plaintext to a workload whose namespace is strict mTLS.
     StrictMtls,
-    /// Plaintext from the node's own address, exempt as a kubelet probe.
+    /// Plaintext from the node's own address to a probe port: the kubelet's.
     NodeProbe,
 }
 
@@ -139,7 +139,7 @@ impl fmt::Display for Verdict {
                 f.write_str("refused: the target is one of the agent's own ports")
             }
             Verdict::StrictMtls => f.write_str("plaintext refused: namespace is strict mTLS"),
-            Verdict::NodeProbe => f.write_str("allowed: a probe from the node"),
+            Verdict::NodeProbe => f.write_str("allowed: the node probing a probe port"),
         }
     }
 }

@@ -16,8 +16,6 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use super::limits::{Budget, BudgetPermit};
-
 /// Default starting size of each direction's buffer: enough for most
 /// request/response exchanges in one read.
 pub const DEFAULT_BUFFER_SIZE: usize = 16 * 1024;
@@ -41,10 +39,6 @@ pub struct CopyConfig {
     pub max_buffer_size: usize,
     /// Close both sides when no byte moved in either direction for this long.
     pub idle_timeout: Option<Duration>,
-    /// Bytes by which buffers may grow past `buffer_size`, shared by every
-    /// copy made with this config (node-wide in the agent): once spent, copies
-    /// keep their starting buffers (docs/security.md, memory).
-    pub growth: Budget,
 }
 
 impl Default for CopyConfig {
@@ -53,7 +47,6 @@ impl Default for CopyConfig {
             buffer_size: DEFAULT_BUFFER_SIZE,
             max_buffer_size: DEFAULT_MAX_BUFFER_SIZE,
             idle_timeout: Some(Duration::from_secs(60 * 60)),
-            growth: Budget::new(usize::MAX),
         }
     }
 }
@@ -122,8 +115,8 @@ where
 {
     let size = config.buffer_size.max(1024);
     let max = config.max_buffer_size.max(size);
-    let mut ab = Half::new(size, max, &config.growth);
-    let mut ba = Half::new(size, max, &config.growth);
+    let mut ab = Half::new(size, max);
+    let mut ba = Half::new(size, max);
     let mut idle = config
         .idle_timeout
         .map(|d| (d, Box::pin(tokio::time::sleep(d))));
@@ -184,12 +177,9 @@ fn poll_idle(
 
 /// One direction: a buffer, what part of it still has to be written, and
 /// whether the reader is done and the writer shut down.
-struct Half<'a> {
+struct Half {
     buf: Box<[u8]>,
     max_size: usize,
-    /// Where growth past the starting size is paid from, and what was paid.
-    growth: &'a Budget,
-    grown: Option<BudgetPermit>,
     /// Reads in a row that filled the whole buffer.
     full_reads: u32,
     pos: usize,
@@ -202,13 +192,11 @@ struct Half<'a> {
     progress: u64,
 }
 
-impl<'a> Half<'a> {
-    fn new(size: usize, max_size: usize, growth: &'a Budget) -> Self {
+impl Half {
+    fn new(size: usize, max_size: usize) -> Self {
         Self {
             buf: vec![0u8; size].into_boxed_slice(),
             max_size,
-            growth,
-            grown: None,
             full_reads: 0,
             pos: 0,
             filled: 0,
@@ -224,19 +212,9 @@ impl<'a> Half<'a> {
     /// it: more data is waiting than one read takes.
     fn grow_if_busy(&mut self) {
         if self.full_reads >= FULL_READS_TO_GROW && self.buf.len() < self.max_size {
-            self.full_reads = 0;
             let size = (self.buf.len() * 2).min(self.max_size);
-            let extra = size - self.buf.len();
-            let paid = match &mut self.grown {
-                Some(permit) => permit.grow(extra),
-                None => {
-                    self.grown = self.growth.try_take(extra);
-                    self.grown.is_some()
-                }
-            };
-            if paid {
-                self.buf = vec![0u8; size].into_boxed_slice();
-            }
+            self.buf = vec![0u8; size].into_boxed_slice();
+            self.full_reads = 0;
         }
     }
 

@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, net::IpAddr, path::PathBuf, sync::Arc};
 
 use k8s_openapi::{
-    api::core::v1::{Namespace, Pod},
+    api::core::v1::{Container, Namespace, Pod, PodSpec},
     apimachinery::pkg::util::intstr::IntOrString,
 };
 
@@ -190,8 +190,48 @@ fn workload(p: &Pod, ns: Option<&NamespaceInfo>) -> Workload {
         mtls: ns.map(|n| n.mtls).unwrap_or_default(),
         ready: pod_ready(p),
         host_network,
+        probe_ports: spec.map(probe_ports).unwrap_or_default(),
         labels,
     }
+}
+
+/// The ports of every container's probes (`httpGet`, `tcpSocket`, `grpc`), a
+/// named port resolved against the same container's ports, as the kubelet does.
+fn probe_ports(spec: &PodSpec) -> Vec<u16> {
+    let containers = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten());
+    let mut ports: Vec<u16> = containers
+        .flat_map(|c| {
+            [&c.liveness_probe, &c.readiness_probe, &c.startup_probe]
+                .into_iter()
+                .flatten()
+                .flat_map(|p| {
+                    let http = p.http_get.as_ref().map(|h| &h.port);
+                    let tcp = p.tcp_socket.as_ref().map(|t| &t.port);
+                    let grpc = p.grpc.as_ref().and_then(|g| u16::try_from(g.port).ok());
+                    let named = http.into_iter().chain(tcp).filter_map(|port| match port {
+                        IntOrString::Int(n) => u16::try_from(*n).ok(),
+                        IntOrString::String(name) => container_port(c, name),
+                    });
+                    named.chain(grpc).collect::<Vec<_>>()
+                })
+                .collect::<Vec<_>>()
+        })
+        .filter(|p| *p != 0)
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+fn container_port(c: &Container, name: &str) -> Option<u16> {
+    c.ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some(name))
+        .and_then(|p| u16::try_from(p.container_port).ok())
 }
 
 fn service(s: &k8s_openapi::api::core::v1::Service) -> Service {
@@ -235,5 +275,49 @@ fn service(s: &k8s_openapi::api::core::v1::Service) -> Service {
         ports,
         selector: spec.and_then(|s| s.selector.clone()),
         labels: s.metadata.labels.clone().unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(value: serde_json::Value) -> PodSpec {
+        serde_json::from_value(value).expect("a pod spec")
+    }
+
+    #[test]
+    fn probe_ports_of_every_kind_named_ports_resolved_per_container() {
+        let s = spec(serde_json::json!({
+            "containers": [
+                {
+                    "name": "app",
+                    "ports": [{"name": "http", "containerPort": 8443}],
+                    "readinessProbe": {"httpGet": {"port": "http", "path": "/ready"}},
+                    "livenessProbe": {"tcpSocket": {"port": 9000}},
+                    "startupProbe": {"grpc": {"port": 7000}}
+                },
+                // Another container's port name does not resolve here.
+                {
+                    "name": "side",
+                    "ports": [{"name": "admin", "containerPort": 9901}],
+                    "livenessProbe": {"httpGet": {"port": "http"}},
+                    "readinessProbe": {"httpGet": {"port": "admin"}}
+                },
+                {"name": "plain", "ports": [{"containerPort": 8080}]}
+            ],
+            "initContainers": [
+                {"name": "sidecar", "startupProbe": {"tcpSocket": {"port": 9000}}}
+            ]
+        }));
+        assert_eq!(probe_ports(&s), vec![7000, 8443, 9000, 9901]);
+    }
+
+    #[test]
+    fn no_probes_no_ports() {
+        let s = spec(
+            serde_json::json!({"containers": [{"name": "app", "ports": [{"containerPort": 80}]}]}),
+        );
+        assert!(probe_ports(&s).is_empty());
     }
 }

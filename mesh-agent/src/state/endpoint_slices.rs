@@ -181,6 +181,7 @@ mod tests {
             mtls: MtlsMode::Permissive,
             ready: true,
             host_network: false,
+            probe_ports: vec![],
         })
     }
 

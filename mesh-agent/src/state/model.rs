@@ -82,6 +82,11 @@ pub struct Workload {
     /// `spec.hostNetwork`: the pod shares the node's netns.
     #[serde(default)]
     pub host_network: bool,
+    /// The ports its containers' liveness, readiness and startup probes use
+    /// (sorted): the only ports where plaintext from the node's address is
+    /// exempt from strict mTLS and policy (docs/security.md).
+    #[serde(default)]
+    pub probe_ports: Vec<u16>,
 }
 
 impl Workload {

@@ -13,6 +13,7 @@ use crate::state::{
 
 const FRONTEND: &str = "spiffe://cluster.local/ns/shop/sa/frontend";
 const APP_PORT: u16 = 8443;
+const PROBE_PORT: u16 = 8081;
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("test address")
@@ -31,6 +32,7 @@ fn workload(mtls: MtlsMode) -> Workload {
         mtls,
         ready: true,
         host_network: false,
+        probe_ports: vec![PROBE_PORT],
     }
 }
 
@@ -112,4 +114,58 @@ fn strict_does_not_skip_policy_for_the_tunnel() {
         admit(&deny_all, &strict, &tunnel(APP_PORT)).verdict,
         Verdict::Denied(ResourceKey::new("payments", "all"))
     );
+}
+
+#[test]
+fn the_node_is_exempt_on_probe_ports_only() {
+    let deny_all = snapshot(Some(PolicyAction::Deny));
+    let none = snapshot(None);
+    for mtls in [MtlsMode::Permissive, MtlsMode::Strict] {
+        let w = workload(mtls);
+        let probe = admit(&deny_all, &w, &from_node(PROBE_PORT));
+        assert_eq!(probe.verdict, Verdict::NodeProbe, "{mtls}");
+        assert!(probe.is_allowed());
+        // Elsewhere the node is any plaintext source.
+        assert!(
+            !admit(&deny_all, &w, &from_node(APP_PORT)).is_allowed(),
+            "{mtls}"
+        );
+        // A probe port from another source is not exempt.
+        assert!(
+            !admit(&deny_all, &w, &plaintext(PROBE_PORT)).is_allowed(),
+            "{mtls}"
+        );
+    }
+    let strict = workload(MtlsMode::Strict);
+    assert_eq!(
+        admit(&none, &strict, &from_node(APP_PORT)).verdict,
+        Verdict::StrictMtls
+    );
+    let permissive = workload(MtlsMode::Permissive);
+    assert!(admit(&none, &permissive, &from_node(APP_PORT)).is_allowed());
+}
+
+#[test]
+fn ip_blocks_see_the_nodes_address() {
+    use crate::config::resources::weft::{RuleFrom, Source};
+    let deny_node = Snapshot::from_data(SnapshotData {
+        authorization_policies: vec![Arc::new(AuthorizationPolicy {
+            key: ResourceKey::new("payments", "deny-node"),
+            selector: BTreeMap::new(),
+            action: PolicyAction::Deny,
+            rules: vec![PolicyRule {
+                from: vec![RuleFrom {
+                    source: Source {
+                        ip_blocks: vec!["10.88.1.1/32".parse().expect("cidr")],
+                        ..Default::default()
+                    },
+                }],
+                to: vec![],
+            }],
+        })],
+        ..Default::default()
+    });
+    let w = workload(MtlsMode::Permissive);
+    assert!(!admit(&deny_node, &w, &from_node(APP_PORT)).is_allowed());
+    assert!(admit(&deny_node, &w, &plaintext(APP_PORT)).is_allowed());
 }
