@@ -4,9 +4,12 @@
 //! the server only if its certificate chains to the roots *and* names the id
 //! the state says runs at the destination IP (no DNS names, no SNI).
 
+mod buffered;
+
 use std::fmt;
 use std::io;
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
@@ -16,10 +19,13 @@ use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig,
     SignatureScheme,
 };
-use tokio::io::{AsyncRead, AsyncWrite, BufReader};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
 
+pub use buffered::Buffered;
+
 use super::{IssuedCert, SpiffeId};
+use crate::proxy::tunnel::PeerCertificate;
 
 pub const ALPN_H2: &[u8] = b"h2";
 
@@ -71,7 +77,16 @@ pub fn server_config(
         .with_single_cert(cert.chain.clone(), cert.private_key())
         .map_err(io::Error::other)?;
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    no_server_resumption(&mut config);
     Ok(Arc::new(config))
+}
+
+/// No session tickets and no session cache: a resumed session would skip the
+/// certificate check, and so the identity and expiry checks made at every full
+/// handshake (docs/security.md).
+fn no_server_resumption(config: &mut ServerConfig) {
+    config.send_tls13_tickets = 0;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
 }
 
 /// The client side of the tunnel from the pod that owns `cert` to a server
@@ -95,6 +110,9 @@ pub fn client_config(
         .with_client_auth_cert(cert.chain.clone(), cert.private_key())
         .map_err(io::Error::other)?;
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    // Every connection verifies the server's certificate afresh (as the
+    // server's side, above).
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(config))
 }
 
@@ -208,13 +226,26 @@ pub fn peer_identity(conn: &rustls::CommonState) -> io::Result<SpiffeId> {
         .map_err(|e| io::Error::new(io::ErrorKind::PermissionDenied, format!("{e}")))
 }
 
-/// The transport under TLS: rustls reads at most 4 KiB per call, one system
-/// call each; a read buffer in front takes up to `TLS_READ_BUFFER` per system
-/// call instead, which a bulk stream needs (measured: `cargo xtask bench`).
-pub type Buffered<T> = BufReader<T>;
+/// When the peer's certificate stops being valid (its notAfter), if the
+/// transport has a verified peer certificate.
+pub fn peer_not_after(conn: &rustls::CommonState) -> Option<SystemTime> {
+    let leaf = conn.peer_certificates()?.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;
+    let secs = u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0);
+    Some(UNIX_EPOCH + Duration::from_secs(secs))
+}
 
-/// Bytes read from the socket at once under TLS (a few records' worth).
-const TLS_READ_BUFFER: usize = 64 * 1024;
+impl<T> PeerCertificate for server::TlsStream<T> {
+    fn peer_not_after(&self) -> Option<SystemTime> {
+        peer_not_after(self.get_ref().1)
+    }
+}
+
+impl<T> PeerCertificate for client::TlsStream<T> {
+    fn peer_not_after(&self) -> Option<SystemTime> {
+        peer_not_after(self.get_ref().1)
+    }
+}
 
 /// Opens TLS to a tunnel server that must prove the id `config` expects.
 pub async fn connect<T>(
@@ -226,10 +257,12 @@ where
 {
     // Never sent (no SNI for an IP) and never checked: the verifier checks the id.
     let name = ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into());
-    TlsConnector::from(config)
-        .connect(name, BufReader::with_capacity(TLS_READ_BUFFER, io))
+    let mut stream = TlsConnector::from(config)
+        .connect(name, Buffered::new(io))
         .await
-        .map_err(explain)
+        .map_err(explain)?;
+    stream.get_mut().0.start_buffering();
+    Ok(stream)
 }
 
 /// Accepts TLS from a tunnel client; gives the client's verified id.
@@ -240,11 +273,13 @@ pub async fn accept<T>(
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
-    let stream = TlsAcceptor::from(config)
-        .accept(BufReader::with_capacity(TLS_READ_BUFFER, io))
+    let mut stream = TlsAcceptor::from(config)
+        .accept(Buffered::new(io))
         .await
         .map_err(explain)?;
     let id = peer_identity(stream.get_ref().1)?;
+    // Only an authenticated peer gets the read buffer (docs/security.md).
+    stream.get_mut().0.start_buffering();
     Ok((stream, id))
 }
 
@@ -282,3 +317,6 @@ pub fn explain(e: io::Error) -> io::Error {
     };
     io::Error::new(io::ErrorKind::PermissionDenied, why)
 }
+
+#[cfg(test)]
+mod tests;

@@ -16,6 +16,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use super::limits::{Budget, BudgetPermit};
+
 /// Default starting size of each direction's buffer: enough for most
 /// request/response exchanges in one read.
 pub const DEFAULT_BUFFER_SIZE: usize = 16 * 1024;
@@ -39,6 +41,10 @@ pub struct CopyConfig {
     pub max_buffer_size: usize,
     /// Close both sides when no byte moved in either direction for this long.
     pub idle_timeout: Option<Duration>,
+    /// Bytes by which buffers may grow past `buffer_size`, shared by every
+    /// copy made with this config (node-wide in the agent): once spent, copies
+    /// keep their starting buffers (docs/security.md, memory).
+    pub growth: Budget,
 }
 
 impl Default for CopyConfig {
@@ -47,6 +53,7 @@ impl Default for CopyConfig {
             buffer_size: DEFAULT_BUFFER_SIZE,
             max_buffer_size: DEFAULT_MAX_BUFFER_SIZE,
             idle_timeout: Some(Duration::from_secs(60 * 60)),
+            growth: Budget::new(usize::MAX),
         }
     }
 }
@@ -115,8 +122,8 @@ where
 {
     let size = config.buffer_size.max(1024);
     let max = config.max_buffer_size.max(size);
-    let mut ab = Half::new(size, max);
-    let mut ba = Half::new(size, max);
+    let mut ab = Half::new(size, max, &config.growth);
+    let mut ba = Half::new(size, max, &config.growth);
     let mut idle = config
         .idle_timeout
         .map(|d| (d, Box::pin(tokio::time::sleep(d))));
@@ -177,9 +184,12 @@ fn poll_idle(
 
 /// One direction: a buffer, what part of it still has to be written, and
 /// whether the reader is done and the writer shut down.
-struct Half {
+struct Half<'a> {
     buf: Box<[u8]>,
     max_size: usize,
+    /// Where growth past the starting size is paid from, and what was paid.
+    growth: &'a Budget,
+    grown: Option<BudgetPermit>,
     /// Reads in a row that filled the whole buffer.
     full_reads: u32,
     pos: usize,
@@ -192,11 +202,13 @@ struct Half {
     progress: u64,
 }
 
-impl Half {
-    fn new(size: usize, max_size: usize) -> Self {
+impl<'a> Half<'a> {
+    fn new(size: usize, max_size: usize, growth: &'a Budget) -> Self {
         Self {
             buf: vec![0u8; size].into_boxed_slice(),
             max_size,
+            growth,
+            grown: None,
             full_reads: 0,
             pos: 0,
             filled: 0,
@@ -212,9 +224,19 @@ impl Half {
     /// it: more data is waiting than one read takes.
     fn grow_if_busy(&mut self) {
         if self.full_reads >= FULL_READS_TO_GROW && self.buf.len() < self.max_size {
-            let size = (self.buf.len() * 2).min(self.max_size);
-            self.buf = vec![0u8; size].into_boxed_slice();
             self.full_reads = 0;
+            let size = (self.buf.len() * 2).min(self.max_size);
+            let extra = size - self.buf.len();
+            let paid = match &mut self.grown {
+                Some(permit) => permit.grow(extra),
+                None => {
+                    self.grown = self.growth.try_take(extra);
+                    self.grown.is_some()
+                }
+            };
+            if paid {
+                self.buf = vec![0u8; size].into_boxed_slice();
+            }
         }
     }
 

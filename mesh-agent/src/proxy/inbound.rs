@@ -11,10 +11,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
-use super::accept::accept_loop;
+use super::accept::{accept_loop, accept_loop_with};
 use super::copy::{CopyObserver, CopyResult, Direction};
 use super::pod::{ConnectionPermit, PodConnections};
-use super::tunnel::{Refusal, StreamHandler, serve_connection};
+use super::tunnel::{PeerCertificate, Refusal, StreamHandler, serve_connection_until};
 use super::{Dialer, Shared, bridge, dial, reset};
 use crate::policy::AdmissionGuard;
 use crate::telemetry::{ConnectionLabels, ConnectionMetrics, RefuseReason};
@@ -66,34 +66,49 @@ pub struct Admission {
 }
 
 /// Runs the pod's tunnel listener until `pod` stops accepting; its open
-/// tunnel connections close when the pod's connections are closed.
+/// tunnel connections close when the pod's connections are closed, and each
+/// at its peer certificate's expiry (docs/security.md).
 pub async fn run_inbound_tunnel<C: InboundContext>(
     listener: TcpListener,
     ctx: Arc<C>,
     shared: Shared,
     pod: PodConnections,
-) {
+) where
+    C::TunnelIo: PeerCertificate,
+{
     let handler = Arc::new(TunnelHandler {
         ctx: Arc::clone(&ctx),
         shared: shared.clone(),
         pod: pod.clone(),
     });
     let metrics = Arc::clone(&shared.metrics);
-    accept_loop(listener, pod.clone(), &metrics, "inbound tunnel", |tcp, peer, permit| {
+    // A handshake takes a handshake slot only; the connection takes a data
+    // slot, and one of its peer's, once the peer is authenticated.
+    let admit = |pod: &PodConnections, peer: SocketAddr| pod.try_handshake(peer.ip());
+    accept_loop_with(listener, pod.clone(), &metrics, "inbound tunnel", admit, |tcp, peer, handshake| {
         let (ctx, handler, shared, pod) = (ctx.clone(), handler.clone(), shared.clone(), pod.clone());
         async move {
             let config = &shared.config;
             let accepted = tokio::select! {
-                r = tokio::time::timeout(config.tunnel.connect_timeout, ctx.accept_tunnel(tcp, peer)) => r,
+                r = tokio::time::timeout(config.tunnel.handshake_timeout, ctx.accept_tunnel(tcp, peer)) => r,
                 () = pod.connections_token().cancelled() => return,
             };
+            drop(handshake);
             let (io, peer_info) = match accepted {
                 Ok(Ok(a)) => a,
-                Ok(Err(e)) => return warn!(pod = pod.name(), %peer, error = %e, "tunnel accept failed"),
-                Err(_) => return warn!(pod = pod.name(), %peer, "tunnel accept timed out"),
+                Ok(Err(e)) => return debug!(pod = pod.name(), %peer, error = %e, "tunnel accept failed"),
+                Err(_) => return debug!(pod = pod.name(), %peer, "tunnel accept timed out"),
             };
+            let permits = pod.try_peer(peer.ip()).zip(pod.try_acquire());
+            let Some((_peer_slot, permit)) = permits else {
+                shared.metrics.refused(RefuseReason::Limit);
+                return debug!(pod = pod.name(), %peer, "tunnel connection over the pod's or the peer's limit, closing");
+            };
+            let expires = io.peer_not_after();
             let cancel = pod.connections_token().clone();
-            if let Err(e) = serve_connection(io, peer_info, handler, &config.tunnel, &config.copy, cancel).await {
+            let served =
+                serve_connection_until(io, peer_info, handler, &config.tunnel, &config.copy, cancel, expires).await;
+            if let Err(e) = served {
                 debug!(pod = pod.name(), %peer, error = %e, "tunnel connection ended");
             }
             drop(permit);

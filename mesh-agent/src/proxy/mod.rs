@@ -5,6 +5,7 @@
 
 pub mod copy;
 pub mod inbound;
+pub mod limits;
 pub mod outbound;
 pub mod pod;
 pub mod tunnel;
@@ -23,6 +24,7 @@ use tracing::debug;
 
 use crate::telemetry::{ConnectionMetrics, Metrics};
 use copy::{CopyConfig, CopyEnd, copy_bidirectional};
+use limits::{Limits, NodeBudgets};
 use pod::PodConnections;
 
 pub use inbound::{InboundContext, run_inbound_plaintext, run_inbound_tunnel};
@@ -44,15 +46,37 @@ pub struct ProxyConfig {
     pub tunnel: TunnelConfig,
     /// Bound on connecting to a direct destination or to the app.
     pub connect_timeout: Duration,
+    /// The sizes of the connection and handshake budgets.
+    pub limits: Limits,
+    /// The node-wide budgets, shared by every pod made from this config.
+    pub node: NodeBudgets,
+}
+
+impl ProxyConfig {
+    /// Settings whose budgets derive from an open-file limit of `open_files`.
+    pub fn for_open_files(open_files: u64) -> Self {
+        let limits = Limits::from_open_files(open_files);
+        Self {
+            copy: CopyConfig {
+                growth: limits::Budget::new(limits.buffer_growth),
+                ..CopyConfig::default()
+            },
+            tunnel: TunnelConfig::default(),
+            connect_timeout: Duration::from_secs(10),
+            limits,
+            node: NodeBudgets::new(&limits),
+        }
+    }
+
+    /// The connection set of a newly enrolled pod, inside the node's budgets.
+    pub fn pod_connections(&self, name: impl Into<String>) -> PodConnections {
+        PodConnections::with_limits(name, &self.limits, &self.node)
+    }
 }
 
 impl Default for ProxyConfig {
     fn default() -> Self {
-        Self {
-            copy: CopyConfig::default(),
-            tunnel: TunnelConfig::default(),
-            connect_timeout: Duration::from_secs(10),
-        }
+        Self::for_open_files(20_000)
     }
 }
 

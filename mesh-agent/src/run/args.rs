@@ -78,6 +78,14 @@ pub struct RunArgs {
     /// which the benchmark uses to measure handshakes).
     #[arg(long, hide = true)]
     pub tunnel_max_connection_streams: Option<u64>,
+    /// Lab and tests: lower the open-file limit to this before the connection
+    /// caps are derived from it (default: the hard limit).
+    #[arg(long, hide = true)]
+    pub max_open_files: Option<u64>,
+    /// A tunnel connection that carries no stream for this long is closed by
+    /// the server (tests shorten it).
+    #[arg(long, hide = true, value_parser = parse_duration)]
+    pub tunnel_idle_timeout: Option<Duration>,
     /// Threads of the data path's async runtime (0: one per CPU).
     #[arg(long, default_value_t = 0)]
     pub worker_threads: usize,

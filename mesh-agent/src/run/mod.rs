@@ -31,7 +31,7 @@ use crate::{admin, telemetry};
 
 pub fn main(args: RunArgs) -> Result<()> {
     args.init_logging()?;
-    raise_fd_limit();
+    let open_files = raise_fd_limit(args.max_open_files);
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if args.worker_threads > 0 {
         runtime.worker_threads(args.worker_threads);
@@ -41,10 +41,10 @@ pub fn main(args: RunArgs) -> Result<()> {
         .thread_name("weft-worker")
         .build()
         .context("start the async runtime")?;
-    runtime.block_on(run(args))
+    runtime.block_on(run(args, open_files))
 }
 
-async fn run(args: RunArgs) -> Result<()> {
+async fn run(args: RunArgs, open_files: u64) -> Result<()> {
     let metrics = Arc::new(telemetry::Metrics::new()?);
     let ready = Arc::new(AtomicBool::new(false));
     let failing = admin::FailingPods::default();
@@ -102,7 +102,7 @@ async fn run(args: RunArgs) -> Result<()> {
 
     let shared = Shared {
         metrics: metrics.clone(),
-        config: Arc::new(proxy_config(&args)),
+        config: Arc::new(proxy_config(&args, open_files)),
     };
     let mut pods = PodManager::new(
         args.node.clone(),
@@ -233,27 +233,43 @@ async fn certificates(
     Ok(Some(certs))
 }
 
-fn proxy_config(args: &RunArgs) -> ProxyConfig {
-    let mut config = ProxyConfig::default();
+fn proxy_config(args: &RunArgs, open_files: u64) -> ProxyConfig {
+    let mut config = ProxyConfig::for_open_files(open_files);
+    info!(open_files, limits = ?config.limits, "connection budgets");
     // A tunnel connection is re-made once its certificates are half way to
     // expiry, so no connection outlives the identity it was authenticated with.
     let age = config.tunnel.max_connection_age.unwrap_or(Duration::MAX);
     config.tunnel.max_connection_age = Some(age.min(args.cert_lifetime / 2));
     config.tunnel.max_connection_streams = args.tunnel_max_connection_streams;
+    if let Some(idle) = args.tunnel_idle_timeout {
+        config.tunnel.server_idle_timeout = idle;
+    }
     config
 }
 
 /// Every proxied connection costs the agent two descriptors (more through the
-/// tunnel): take the whole hard limit rather than the usual soft 1024.
-fn raise_fd_limit() {
+/// tunnel): take the whole hard limit rather than the usual soft 1024, or
+/// `max` when given (tests). Gives the soft limit in force, which the
+/// connection caps derive from (docs/architecture.md, "Limits").
+fn raise_fd_limit(max: Option<u64>) -> u64 {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) if soft < hard => {
-            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-                tracing::warn!(error = %e, "cannot raise the open-file limit");
-            }
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(limits) => limits,
+        Err(e) => {
+            warn!(error = %e, "cannot read the open-file limit");
+            return 1024;
         }
-        _ => {}
+    };
+    let wanted = max.map_or(hard, |m| m.min(hard));
+    if wanted == soft {
+        return soft;
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, wanted, hard) {
+        Ok(()) => wanted,
+        Err(e) => {
+            warn!(error = %e, "cannot set the open-file limit");
+            soft
+        }
     }
 }
 

@@ -24,10 +24,7 @@ use crate::ebpf::{InboundEnrolment, KernelPrograms, KubepodsRoot, PodEnrolment};
 use crate::identity::{CertManager, SpiffeId};
 use crate::netns::{Netns, bind_listener, netns_cookie};
 use crate::proxy::pod::PodConnections;
-use crate::proxy::{
-    DEFAULT_MAX_CONNECTIONS_PER_POD, Pool, Shared, run_inbound_plaintext, run_inbound_tunnel,
-    run_outbound,
-};
+use crate::proxy::{Pool, Shared, run_inbound_plaintext, run_inbound_tunnel, run_outbound};
 use crate::state::{StateHandle, Workload, WorkloadKey};
 use crate::telemetry::SecurityPolicy;
 
@@ -490,8 +487,7 @@ impl PodManager {
             admitted: Default::default(),
             metrics: self.shared.metrics.clone(),
         });
-        let connections =
-            PodConnections::new(workload.key.to_string(), DEFAULT_MAX_CONNECTIONS_PER_POD);
+        let connections = self.shared.config.pod_connections(workload.key.to_string());
         // A tunnel connection leaves from this pod's netns with its address, so
         // it carries only this pod's streams and goes when the pod does.
         let pool = Pool::new(

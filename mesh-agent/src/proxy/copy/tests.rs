@@ -7,6 +7,7 @@ fn config(buffer_size: usize, idle: Option<Duration>) -> CopyConfig {
         buffer_size,
         max_buffer_size: buffer_size,
         idle_timeout: idle,
+        ..CopyConfig::default()
     }
 }
 
@@ -218,6 +219,7 @@ async fn buffer_grows_for_bulk_up_to_its_bound() {
         buffer_size: 1024,
         max_buffer_size: 8192,
         idle_timeout: None,
+        ..CopyConfig::default()
     };
     let sizes = chunk_sizes(cfg, async |c| {
         for _ in 0..64 {
@@ -231,4 +233,29 @@ async fn buffer_grows_for_bulk_up_to_its_bound() {
         Some(&8192),
         "bulk reaches the bound, never more"
     );
+}
+
+#[tokio::test]
+async fn buffers_grow_only_within_the_shared_budget() {
+    // Room for one doubling (1 KiB to 2 KiB) and no more.
+    let growth = Budget::new(1024);
+    let cfg = CopyConfig {
+        buffer_size: 1024,
+        max_buffer_size: 8192,
+        idle_timeout: None,
+        growth: growth.clone(),
+    };
+    let sizes = chunk_sizes(cfg, async |c| {
+        for _ in 0..64 {
+            c.write_all(&[7u8; 16 * 1024]).await.unwrap();
+        }
+    })
+    .await;
+    assert_eq!(sizes.iter().sum::<u64>(), 64 * 16 * 1024);
+    assert_eq!(
+        sizes.iter().max(),
+        Some(&2048),
+        "grew once, then the budget was spent"
+    );
+    assert_eq!(growth.used(), 0, "given back when the copy ended");
 }

@@ -134,6 +134,7 @@ impl TunnelClient {
             .initial_connection_window_size(config.connection_window)
             .max_frame_size(config.max_frame_size)
             .max_send_buffer_size(config.max_send_buffer)
+            .max_header_list_size(config.max_header_list_size)
             .enable_push(false)
             .handshake::<_, Bytes>(io)
             .await

@@ -8,6 +8,7 @@
 //! upgrade channel and buffering layer hyper puts in front of them.
 
 mod client;
+mod expiry;
 mod keepalive;
 mod pool;
 mod server;
@@ -18,8 +19,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use client::TunnelClient;
+pub use expiry::PeerCertificate;
 pub use pool::Pool;
-pub use server::{Refusal, StreamHandler, serve_connection};
+pub use server::{Refusal, StreamHandler, serve_connection, serve_connection_until};
 pub use stream::TunnelStream;
 
 /// HTTP/2 and pooling knobs for both ends of the tunnel.
@@ -31,6 +33,8 @@ pub struct TunnelConfig {
     pub connection_window: u32,
     /// Largest DATA frame we accept.
     pub max_frame_size: u32,
+    /// Largest header block we accept (a CONNECT carries four headers).
+    pub max_header_list_size: u32,
     /// Bytes h2 may queue per stream before a writer waits.
     pub max_send_buffer: usize,
     /// Concurrent streams a server accepts per connection.
@@ -48,6 +52,14 @@ pub struct TunnelConfig {
     pub max_connection_streams: Option<u64>,
     /// Bound on dial + handshake, and on waiting for a CONNECT response.
     pub connect_timeout: Duration,
+    /// Server side: bound on the peer's TLS handshake, and on its HTTP/2
+    /// preface after it (docs/security.md: a slow peer holds a handshake slot).
+    pub handshake_timeout: Duration,
+    /// The server closes (GOAWAY) a connection that has carried no stream for
+    /// this long, so a peer cannot hold a slot without using it; the client
+    /// pool's own idle timeout is the longer `pool_idle_timeout`, and it
+    /// redials when the server closed first.
+    pub server_idle_timeout: Duration,
     /// Send an HTTP/2 PING this often on every tunnel connection (`None`: off)…
     pub keepalive_interval: Option<Duration>,
     /// …and close the connection if the answer takes longer than this.
@@ -57,16 +69,24 @@ pub struct TunnelConfig {
 impl Default for TunnelConfig {
     fn default() -> Self {
         Self {
-            stream_window: 4 * 1024 * 1024,
-            connection_window: 16 * 1024 * 1024,
-            max_frame_size: 256 * 1024,
-            max_send_buffer: 1024 * 1024,
+            // What a peer can make the agent buffer: a stream window per
+            // stream (until read), a connection window per connection
+            // (docs/security.md); large enough for a bulk stream on a LAN.
+            stream_window: 512 * 1024,
+            connection_window: 2 * 1024 * 1024,
+            max_frame_size: 64 * 1024,
+            max_header_list_size: 16 * 1024,
+            max_send_buffer: 256 * 1024,
             max_concurrent_streams: 200,
             max_streams_per_connection: 100,
-            pool_idle_timeout: Duration::from_secs(5 * 60),
+            // Shorter than the server's `server_idle_timeout` even at 2×, so the
+            // client lets an idle connection go before the server does.
+            pool_idle_timeout: Duration::from_secs(30),
             max_connection_age: Some(Duration::from_secs(60 * 60)),
             max_connection_streams: None,
             connect_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(3),
+            server_idle_timeout: Duration::from_secs(90),
             keepalive_interval: Some(Duration::from_secs(10)),
             keepalive_timeout: Duration::from_secs(20),
         }

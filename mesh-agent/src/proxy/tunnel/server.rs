@@ -5,6 +5,8 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use h2::server::SendResponse;
@@ -13,6 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::expiry::time_left;
 use super::keepalive::keepalive;
 use super::{TunnelConfig, TunnelStream};
 use crate::proxy::copy::{CopyConfig, CopyEnd, CopyObserver, copy_bidirectional};
@@ -81,15 +84,36 @@ where
     P: Send + Sync + 'static,
     H: StreamHandler<P>,
 {
+    serve_connection_until(io, peer, handler, config, copy, cancel, None).await
+}
+
+/// As `serve_connection`, and closes the connection (GOAWAY, then its streams)
+/// at `expires`, the peer certificate's notAfter, and once it has carried no
+/// stream for `config.server_idle_timeout` (docs/security.md).
+pub async fn serve_connection_until<T, P, H>(
+    io: T,
+    peer: P,
+    handler: Arc<H>,
+    config: &TunnelConfig,
+    copy: &CopyConfig,
+    cancel: CancellationToken,
+    expires: Option<SystemTime>,
+) -> Result<(), h2::Error>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    P: Send + Sync + 'static,
+    H: StreamHandler<P>,
+{
     let handshake = h2::server::Builder::new()
         .initial_window_size(config.stream_window)
         .initial_connection_window_size(config.connection_window)
         .max_frame_size(config.max_frame_size)
         .max_send_buffer_size(config.max_send_buffer)
         .max_concurrent_streams(config.max_concurrent_streams)
+        .max_header_list_size(config.max_header_list_size)
         .handshake::<_, Bytes>(io);
     let mut conn = tokio::select! {
-        res = tokio::time::timeout(config.connect_timeout, handshake) => match res {
+        res = tokio::time::timeout(config.handshake_timeout, handshake) => match res {
             Ok(conn) => conn?,
             Err(_) => {
                 debug!("tunnel handshake timed out");
@@ -104,6 +128,16 @@ where
         config.keepalive_timeout,
     );
     tokio::pin!(ping);
+    let expiry = async {
+        match expires {
+            Some(at) => tokio::time::sleep(time_left(at, SystemTime::now())).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(expiry);
+    let streams_open = Arc::new(StreamCount::default());
+    let idle = idle_watch(&streams_open, config.server_idle_timeout);
+    tokio::pin!(idle);
     let peer = Arc::new(peer);
     // Streams end with the connection: closing it cancels this child token.
     let streams = cancel.child_token();
@@ -111,10 +145,9 @@ where
     loop {
         let next = tokio::select! {
             next = conn.accept() => next,
-            () = cancel.cancelled() => {
-                conn.abrupt_shutdown(h2::Reason::NO_ERROR);
-                return Ok(());
-            }
+            () = cancel.cancelled() => return close(conn, "shutdown").await,
+            () = &mut expiry => return close(conn, "the peer's certificate expired").await,
+            () = &mut idle => return close(conn, "idle").await,
             () = &mut ping => return Ok(()),
         };
         let (request, respond) = match next {
@@ -127,12 +160,70 @@ where
         let peer = Arc::clone(&peer);
         let copy = copy.clone();
         let cancel = streams.clone();
+        let open = StreamCount::open(&streams_open);
         tokio::spawn(async move {
             tokio::select! {
                 () = serve_stream(request, respond, &*peer, &*handler, &copy) => {}
                 () = cancel.cancelled() => debug!("tunnel stream closed by shutdown"),
             }
+            drop(open);
         });
+    }
+}
+
+/// GOAWAY, then drives the connection a moment so the frame goes out; the
+/// caller's return closes the streams and the socket.
+async fn close<T>(
+    mut conn: h2::server::Connection<T, Bytes>,
+    why: &'static str,
+) -> Result<(), h2::Error>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    debug!(why, "closing tunnel connection");
+    conn.abrupt_shutdown(h2::Reason::NO_ERROR);
+    let drain = async { while let Some(Ok(_)) = conn.accept().await {} };
+    let _ = tokio::time::timeout(CLOSE_GRACE, drain).await;
+    Ok(())
+}
+
+/// How long a closing connection may take to send its GOAWAY.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Streams open on a server connection, and how many were ever opened.
+#[derive(Default)]
+struct StreamCount {
+    open: AtomicUsize,
+    opened: AtomicU64,
+}
+
+impl StreamCount {
+    fn open(this: &Arc<Self>) -> OpenStream {
+        this.open.fetch_add(1, Ordering::AcqRel);
+        this.opened.fetch_add(1, Ordering::Relaxed);
+        OpenStream(Arc::clone(this))
+    }
+}
+
+struct OpenStream(Arc<StreamCount>);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Completes once no stream was open or opened for a whole `idle` period
+/// (checked every `idle`, so within 2×).
+async fn idle_watch(count: &StreamCount, idle: Duration) {
+    let mut seen = count.opened.load(Ordering::Relaxed);
+    loop {
+        tokio::time::sleep(idle).await;
+        let now = count.opened.load(Ordering::Relaxed);
+        if now == seen && count.open.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        seen = now;
     }
 }
 

@@ -88,11 +88,10 @@ impl AsyncRead for TunnelStream {
             match ready!(this.recv.poll_data(cx)) {
                 // End of stream: EOF.
                 None => return Poll::Ready(Ok(())),
-                Some(Ok(data)) => {
-                    // The chunk now lives in `pending`; let the peer send more.
-                    let _ = this.recv.flow_control().release_capacity(data.len());
-                    this.pending = data;
-                }
+                // Its window is given back as it is read, below: what the
+                // peer may send is bounded by what the reader takes, so a
+                // reader that stalls holds at most one window (docs/security.md).
+                Some(Ok(data)) => this.pending = data,
                 Some(Err(e)) => {
                     return Poll::Ready(match e.reason() {
                         // A graceful end without END_STREAM still reads as EOF.
@@ -104,6 +103,7 @@ impl AsyncRead for TunnelStream {
         }
         let n = this.pending.len().min(buf.remaining());
         buf.put_slice(&this.pending.split_to(n));
+        let _ = this.recv.flow_control().release_capacity(n);
         Poll::Ready(Ok(()))
     }
 }

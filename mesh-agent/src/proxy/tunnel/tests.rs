@@ -590,3 +590,84 @@ async fn waiters_beyond_one_connection_dial_in_parallel() {
     assert_eq!(dialer.started.load(Ordering::SeqCst), 3);
     assert_eq!(pool.connection_count(), 3);
 }
+
+/// A tunnel server for one connection, served until `expires`.
+async fn expiring_server(
+    config: TunnelConfig,
+    expires: Option<std::time::SystemTime>,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let handler = Arc::new(Handler(Arc::new(Counters::default())));
+    let served = tokio::spawn(async move {
+        let (s, peer) = l.accept().await.unwrap();
+        let copy = CopyConfig::default();
+        let cancel = CancellationToken::new();
+        let _ = serve_connection_until(s, peer, handler, &config, &copy, cancel, expires).await;
+    });
+    (addr, served)
+}
+
+fn patient_client() -> TunnelConfig {
+    TunnelConfig {
+        pool_idle_timeout: Duration::from_secs(3600),
+        max_connection_age: None,
+        ..TunnelConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_closes_a_connection_that_carries_no_stream() {
+    let echo = echo_server().await;
+    let config = TunnelConfig {
+        server_idle_timeout: Duration::from_millis(200),
+        ..TunnelConfig::default()
+    };
+    let (addr, served) = expiring_server(config, None).await;
+    let (pool, dialer) = pool_to(addr, patient_client());
+    // In use for longer than the idle timeout: not closed meanwhile.
+    let stream = within(pool.connect(&"k", echo, || dialer.dial()))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(roundtrip(stream, b"busy").await, b"busy");
+    assert!(!served.is_finished(), "closed while a stream was open");
+    // Then idle: closed by the server, and the pool lets the connection go.
+    within(served).await.unwrap();
+    within(async {
+        while pool.connection_count() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // The pool copes: the next stream dials a new connection.
+    let (addr2, _served2) = expiring_server(TunnelConfig::default(), None).await;
+    let (pool2, dialer2) = pool_to(addr2, patient_client());
+    let stream = within(pool2.connect(&"k", echo, || dialer2.dial()))
+        .await
+        .unwrap();
+    assert_eq!(roundtrip(stream, b"again").await, b"again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_closes_a_connection_when_its_peer_certificate_expires() {
+    let echo = echo_server().await;
+    let expires = std::time::SystemTime::now() + Duration::from_millis(500);
+    let (addr, served) = expiring_server(TunnelConfig::default(), Some(expires)).await;
+    let (pool, dialer) = pool_to(addr, patient_client());
+    let mut stream = within(pool.connect(&"k", echo, || dialer.dial()))
+        .await
+        .unwrap();
+    stream.write_all(b"x").await.unwrap();
+    let mut one = [0u8; 1];
+    stream.read_exact(&mut one).await.unwrap();
+    // The stream stays open; the connection ends anyway, at notAfter.
+    within(served).await.unwrap();
+    assert!(std::time::SystemTime::now() >= expires);
+    let mut rest = Vec::new();
+    let read = within(stream.read_to_end(&mut rest)).await;
+    assert!(
+        read.is_err() || rest.is_empty(),
+        "the stream ended with the connection"
+    );
+}
