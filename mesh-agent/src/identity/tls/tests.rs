@@ -4,6 +4,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls::HandshakeKind;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
 use crate::identity::{CertificateAuthority, LocalCa};
@@ -59,8 +60,14 @@ async fn every_handshake_is_a_full_one_and_buffers_only_after_it() {
     for _ in 0..3 {
         let (a, b) = tokio::io::duplex(64 * 1024);
         let server = tokio::spawn(accept(b, ends.server.clone()));
-        let client = connect(a, ends.client.clone()).await.unwrap();
-        let (server, peer) = server.await.unwrap().unwrap();
+        let mut client = connect(a, ends.client.clone()).await.unwrap();
+        let (mut server, peer) = server.await.unwrap().unwrap();
+        // A byte each way: any session ticket the server sent is read too.
+        server.write_all(b"s").await.unwrap();
+        client.write_all(b"c").await.unwrap();
+        let mut one = [0u8; 1];
+        client.read_exact(&mut one).await.unwrap();
+        server.read_exact(&mut one).await.unwrap();
         assert_eq!(peer, id("shop", "frontend"));
         assert_eq!(
             client.get_ref().1.handshake_kind(),
