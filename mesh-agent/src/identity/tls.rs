@@ -5,6 +5,7 @@
 //! the state says runs at the destination IP (no DNS names, no SNI).
 
 mod buffered;
+mod client_tunnel;
 
 use std::fmt;
 use std::io;
@@ -23,6 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
 
 pub use buffered::Buffered;
+pub use client_tunnel::ClientTunnelTls;
 
 use super::{IssuedCert, SpiffeId};
 use crate::proxy::tunnel::PeerCertificate;

@@ -16,7 +16,7 @@ use tracing::{debug, warn};
 use super::accept::accept_loop;
 use super::copy::{CopyObserver, Direction};
 use super::pod::PodConnections;
-use super::tunnel::Pool;
+use super::tunnel::{PeerCertificate, Pool};
 use super::{Dialer, Shared, bridge, dial, reset};
 use crate::telemetry::{ConnectionLabels, RefuseReason};
 
@@ -50,7 +50,7 @@ pub trait OutboundContext: Send + Sync + 'static {
     type PoolKey: Clone + Eq + Hash + Send + Sync + 'static;
     type Dialer: Dialer;
     /// The tunnel's transport: TCP now, TLS over TCP with mTLS.
-    type TunnelIo: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    type TunnelIo: AsyncRead + AsyncWrite + PeerCertificate + Unpin + Send + 'static;
 
     /// The destination the app connected to before redirection, looked up by
     /// the app's side of the connection (`peer` of the accepted socket).

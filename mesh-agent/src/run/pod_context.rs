@@ -10,7 +10,6 @@ use std::sync::atomic::AtomicUsize;
 use aya::maps::{HashMap, MapData};
 use mesh_common::{OrigDst, PortKey};
 use tokio::net::TcpStream;
-use tokio_rustls::client;
 use tokio_util::either::Either;
 
 use super::resolve::{PoolKey, resolve};
@@ -60,7 +59,7 @@ pub struct PodContext {
 impl OutboundContext for PodContext {
     type PoolKey = PoolKey;
     type Dialer = NetnsDialer;
-    type TunnelIo = Either<TcpStream, client::TlsStream<tls::Buffered<TcpStream>>>;
+    type TunnelIo = Either<TcpStream, tls::ClientTunnelTls<tls::Buffered<TcpStream>>>;
 
     fn original_destination(&self, peer: SocketAddr) -> Option<SocketAddr> {
         let orig = self
@@ -97,7 +96,11 @@ impl OutboundContext for PodContext {
             return Ok(Either::Left(tcp));
         };
         let (source, expected, _) = key;
+        // Read before the handshake picks the current certificate: if a
+        // renewal comes between, the connection retires early, never late.
+        let own_not_after = certs.credential(source).map(|c| c.cert.not_after);
         let config = certs.client_config(source, expected)?;
-        Ok(Either::Right(tls::connect(tcp, config).await?))
+        let tls = tls::connect(tcp, config).await?;
+        Ok(Either::Right(tls::ClientTunnelTls::new(tls, own_not_after)))
     }
 }

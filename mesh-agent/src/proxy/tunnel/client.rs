@@ -5,7 +5,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use h2::client::SendRequest;
@@ -14,6 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
 use tracing::debug;
 
+use super::expiry::{PeerCertificate, retire_before};
 use super::keepalive::keepalive;
 use super::stream::{TunnelStream, h2_to_io};
 use super::{TunnelConfig, TunnelError};
@@ -120,15 +121,26 @@ pub struct TunnelClient {
 
 impl TunnelClient {
     /// Runs the HTTP/2 handshake over `io` and spawns the connection's driver.
-    /// `on_close` runs once when the connection has ended.
+    /// `on_close` runs once when the connection has ended. New streams stop at
+    /// `config.max_connection_age`, and ahead of the certificates' expiry
+    /// (`PeerCertificate::valid_until`), when the server closes it.
     pub async fn handshake<T>(
         io: T,
         config: &TunnelConfig,
         on_close: impl FnOnce() + Send + 'static,
     ) -> io::Result<Self>
     where
-        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        T: AsyncRead + AsyncWrite + PeerCertificate + Unpin + Send + 'static,
     {
+        let now = Instant::now();
+        let by_age = config.max_connection_age.map(|age| now + age);
+        let by_certs = io
+            .valid_until()
+            .map(|until| now + retire_before(until, SystemTime::now()));
+        let retire_at = match (by_age, by_certs) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let (sender, mut connection) = h2::client::Builder::new()
             .initial_window_size(config.stream_window)
             .initial_connection_window_size(config.connection_window)
@@ -143,7 +155,7 @@ impl TunnelClient {
             active: AtomicUsize::new(0),
             uses: AtomicU64::new(0),
             max_streams: config.max_streams_per_connection.max(1),
-            retire_at: config.max_connection_age.map(|age| Instant::now() + age),
+            retire_at,
             max_uses: config.max_connection_streams.map(|n| n.max(1)),
             drained: Notify::new(),
         });

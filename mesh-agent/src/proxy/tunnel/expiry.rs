@@ -12,6 +12,13 @@ use tokio_util::either::Either;
 pub trait PeerCertificate {
     /// The peer certificate's notAfter; `None` without one.
     fn peer_not_after(&self) -> Option<SystemTime>;
+
+    /// Until when the connection's identities are valid: the earlier of both
+    /// ends' certificates where the transport knows its own too (a client
+    /// stops opening streams before then).
+    fn valid_until(&self) -> Option<SystemTime> {
+        self.peer_not_after()
+    }
 }
 
 impl PeerCertificate for TcpStream {
@@ -33,6 +40,22 @@ impl<A: PeerCertificate, B: PeerCertificate> PeerCertificate for Either<A, B> {
             Either::Right(b) => b.peer_not_after(),
         }
     }
+
+    fn valid_until(&self) -> Option<SystemTime> {
+        match self {
+            Either::Left(a) => a.valid_until(),
+            Either::Right(b) => b.valid_until(),
+        }
+    }
+}
+
+/// When a client stops opening streams on a connection valid until
+/// `valid_until`: a margin ahead of it (a quarter of what is left, at most
+/// 5 s), so that streams opened just before are done when the server closes
+/// the connection at the notAfter.
+pub(crate) fn retire_before(valid_until: SystemTime, now: SystemTime) -> Duration {
+    let left = time_left(valid_until, now);
+    left - (left / 4).min(Duration::from_secs(5))
 }
 
 /// How long from `now` until `not_after` (zero once past).

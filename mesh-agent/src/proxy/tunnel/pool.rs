@@ -21,7 +21,7 @@ use tokio::sync::OnceCell;
 use tracing::debug;
 
 use super::client::{StreamSlot, TunnelClient};
-use super::{TunnelConfig, TunnelError, TunnelStream};
+use super::{PeerCertificate, TunnelConfig, TunnelError, TunnelStream};
 
 type DialCell = Arc<OnceCell<Result<TunnelClient, Arc<io::Error>>>>;
 
@@ -95,7 +95,7 @@ where
     where
         F: Fn() -> Fut,
         Fut: Future<Output = io::Result<T>>,
-        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        T: AsyncRead + AsyncWrite + PeerCertificate + Unpin + Send + 'static,
     {
         self.connect_early(key, target, Bytes::new(), dial).await
     }
@@ -113,7 +113,7 @@ where
     where
         F: Fn() -> Fut,
         Fut: Future<Output = io::Result<T>>,
-        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        T: AsyncRead + AsyncWrite + PeerCertificate + Unpin + Send + 'static,
     {
         // A connection that looked usable may turn out closed (GOAWAY, reset);
         // one retry on a fresh pick covers that race without looping forever.
@@ -145,7 +145,7 @@ where
     where
         F: Fn() -> Fut,
         Fut: Future<Output = io::Result<T>>,
-        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        T: AsyncRead + AsyncWrite + PeerCertificate + Unpin + Send + 'static,
     {
         loop {
             if self.inner.closed.load(Ordering::Acquire) {
@@ -207,7 +207,7 @@ where
     where
         F: Fn() -> Fut,
         Fut: Future<Output = io::Result<T>>,
-        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        T: AsyncRead + AsyncWrite + PeerCertificate + Unpin + Send + 'static,
     {
         let config = &self.inner.config;
         let connect = async {

@@ -671,3 +671,72 @@ async fn the_server_closes_a_connection_when_its_peer_certificate_expires() {
         "the stream ended with the connection"
     );
 }
+
+/// A transport whose identities are valid until a given time.
+struct Expiring {
+    inner: TcpStream,
+    until: std::time::SystemTime,
+}
+
+impl PeerCertificate for Expiring {
+    fn peer_not_after(&self) -> Option<std::time::SystemTime> {
+        Some(self.until)
+    }
+}
+
+impl tokio::io::AsyncRead for Expiring {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Expiring {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_stops_opening_streams_ahead_of_the_certificates_expiry() {
+    // Before: the pool kept opening streams on a connection until its age
+    // limit, past the notAfter at which the server cuts it, so those streams
+    // were reset (a connection failure during certificate renewal).
+    let echo = echo_server().await;
+    let until = std::time::SystemTime::now() + Duration::from_millis(800);
+    let (addr, _served) = expiring_server(TunnelConfig::default(), Some(until)).await;
+    let (pool, dialer) = pool_to(addr, patient_client());
+    let dial = || async {
+        let inner = dialer.dial().await?;
+        Ok(Expiring { inner, until })
+    };
+    let stream = within(pool.connect(&"k", echo, dial)).await.unwrap();
+    assert_eq!(roundtrip(stream, b"early").await, b"early");
+    // Past the retirement point (a quarter of the 800 ms left ahead of it).
+    tokio::time::sleep(Duration::from_millis(650)).await;
+    let _ = tokio::time::timeout(Duration::from_millis(500), pool.connect(&"k", echo, dial)).await;
+    assert_eq!(
+        dialer.dials.load(Ordering::SeqCst),
+        2,
+        "a new connection is dialled instead of a stream on the expiring one"
+    );
+}
