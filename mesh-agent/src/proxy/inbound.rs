@@ -197,10 +197,10 @@ pub async fn run_inbound_plaintext<C: InboundContext>(
         pod.clone(),
         &metrics,
         "inbound plaintext",
-        |client, peer, permit| {
+        |client, peer, mut permit| {
             let (ctx, shared, pod) = (ctx.clone(), shared.clone(), pod.clone());
             async move {
-                plaintext(client, peer, &*ctx, &shared, &pod).await;
+                plaintext(client, peer, &*ctx, &shared, &pod, &mut permit).await;
                 drop(permit);
             }
         },
@@ -214,6 +214,7 @@ async fn plaintext<C: InboundContext>(
     ctx: &C,
     shared: &Shared,
     pod: &PodConnections,
+    permit: &mut ConnectionPermit,
 ) {
     let metrics = &shared.metrics;
     // sk_lookup hands us the connection unchanged: its local address is
@@ -230,6 +231,11 @@ async fn plaintext<C: InboundContext>(
             return reset(client);
         }
     };
+    if !permit.take_upstream_descriptor() {
+        metrics.refused(RefuseReason::Limit);
+        debug!(pod = pod.name(), %peer, %local, "node connection budget spent, refusing");
+        return reset(client);
+    }
     let upstream = match dial(ctx.dialer(), local, shared.config.connect_timeout).await {
         Ok(s) => s,
         Err(e) => {

@@ -11,9 +11,11 @@ use std::sync::{Arc, Mutex};
 /// (four per pod), kube watches, the metrics and admin servers, eBPF maps.
 const MIN_RESERVE: u64 = 256;
 
-/// Descriptors one proxied connection takes: the client's side and the
-/// upstream's (a tunnel stream's upstream plus its share of the connection).
-const FDS_PER_CONNECTION: u64 = 2;
+/// Streams a Weft client puts on one tunnel connection
+/// (`TunnelConfig::max_streams_per_connection`): one peer gets enough tunnel
+/// connections to use the whole pod cap (a client pod with 10,000 connections
+/// to one server pod is ordinary), and no more.
+const CLIENT_STREAMS_PER_CONNECTION: usize = 100;
 
 /// Node-wide bytes for copy buffers beyond their starting 16 KiB: room for
 /// about 130 bulk directions at the full 256 KiB; the rest copy in 16 KiB.
@@ -22,9 +24,12 @@ const BUFFER_GROWTH: usize = 32 * 1024 * 1024;
 /// The sizes of every budget, derived from the open-file limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
-    /// Proxied connections and tunnel streams, all pods together.
+    /// Descriptors for proxied connections, all pods together: each takes one
+    /// per socket it holds (a tunnelled outbound connection or a tunnel
+    /// stream one, a plaintext or direct connection two, a tunnel connection
+    /// one), so the budget is exact rather than a worst case.
     pub node_connections: usize,
-    /// The same, for one pod.
+    /// Proxied connections and tunnel streams of one pod.
     pub pod_connections: usize,
     /// TLS handshakes in progress on the tunnel port, all pods together; they
     /// take no connection slot until the peer is authenticated.
@@ -44,14 +49,14 @@ pub struct Limits {
 
 impl Limits {
     /// Budgets for an agent allowed `open_files` descriptors: a reserve, a
-    /// sixteenth for handshakes (one descriptor each), and the rest for
-    /// proxied connections (two each), so a cap refuses before `accept` or
+    /// sixteenth for handshakes (one descriptor each), and the rest for the
+    /// sockets of proxied connections, so a cap refuses before `accept` or
     /// `connect` can fail with EMFILE.
     pub fn from_open_files(open_files: u64) -> Limits {
         let reserve = (open_files / 10).max(MIN_RESERVE).min(open_files / 2);
         let usable = open_files - reserve;
         let handshakes = usable / 16;
-        let connections = (usable - handshakes) / FDS_PER_CONNECTION;
+        let connections = usable - handshakes;
         let node_connections = to_usize(connections).max(1);
         let node_handshakes = to_usize(handshakes).max(1);
         let pod_handshakes = node_handshakes.min(128);
@@ -61,7 +66,9 @@ impl Limits {
             node_handshakes,
             pod_handshakes,
             source_handshakes: (pod_handshakes / 4).max(1),
-            peer_connections: (node_connections / 256).clamp(4, 64),
+            peer_connections: node_connections
+                .div_ceil(CLIENT_STREAMS_PER_CONNECTION)
+                .clamp(4, 256),
             buffer_growth: BUFFER_GROWTH,
         }
     }

@@ -15,7 +15,7 @@ use tracing::{debug, warn};
 
 use super::accept::accept_loop;
 use super::copy::{CopyObserver, Direction};
-use super::pod::PodConnections;
+use super::pod::{ConnectionPermit, PodConnections};
 use super::tunnel::{PeerCertificate, Pool};
 use super::{Dialer, Shared, bridge, dial, reset};
 use crate::telemetry::{ConnectionLabels, RefuseReason};
@@ -85,10 +85,10 @@ pub async fn run_outbound<C: OutboundContext>(
         pod.clone(),
         &metrics,
         "outbound",
-        |client, peer, permit| {
+        |client, peer, mut permit| {
             let (ctx, pool, shared, pod) = (ctx.clone(), pool.clone(), shared.clone(), pod.clone());
             async move {
-                handle(client, peer, &*ctx, &pool, &shared, &pod).await;
+                handle(client, peer, &*ctx, &pool, &shared, &pod, &mut permit).await;
                 drop(permit);
             }
         },
@@ -103,6 +103,7 @@ async fn handle<C: OutboundContext>(
     pool: &Pool<C::PoolKey>,
     shared: &Shared,
     pod: &PodConnections,
+    permit: &mut ConnectionPermit,
 ) {
     let metrics = &shared.metrics;
     let Some(original) = ctx.original_destination(peer) else {
@@ -119,6 +120,11 @@ async fn handle<C: OutboundContext>(
             reset(client)
         }
         OutboundTarget::Direct(addr) => {
+            if !permit.take_upstream_descriptor() {
+                metrics.refused(RefuseReason::Limit);
+                debug!(pod = pod.name(), %peer, %addr, "node connection budget spent, refusing");
+                return reset(client);
+            }
             let mut upstream = match dial(ctx.dialer(), addr, config.connect_timeout).await {
                 Ok(s) => s,
                 Err(e) => {

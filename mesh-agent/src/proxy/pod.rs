@@ -43,9 +43,10 @@ pub struct PodConnections {
 impl PodConnections {
     /// A pod with a cap of `max_connections` and a node budget of its own.
     pub fn new(name: impl Into<String>, max_connections: usize) -> Self {
+        // A node budget that never binds first: two descriptors a connection.
         let limits = Limits {
             pod_connections: max_connections,
-            node_connections: max_connections,
+            node_connections: max_connections.saturating_mul(2),
             ..Limits::default()
         };
         Self::with_limits(name, &limits, &NodeBudgets::new(&limits))
@@ -90,7 +91,7 @@ impl PodConnections {
             .ok()?;
         Some(ConnectionPermit {
             pod: Arc::clone(&self.inner),
-            _node: node,
+            node,
         })
     }
 
@@ -144,10 +145,10 @@ impl PodConnections {
     }
 }
 
-/// A claimed slot; released on drop.
+/// A claimed slot (one descriptor of the node's budget); released on drop.
 pub struct ConnectionPermit {
     pod: Arc<Inner>,
-    _node: BudgetPermit,
+    node: BudgetPermit,
 }
 
 /// A handshake in progress; released on drop.
@@ -155,6 +156,15 @@ pub struct HandshakePermit {
     _source: KeyedPermit<IpAddr>,
     _pod: BudgetPermit,
     _node: BudgetPermit,
+}
+
+impl ConnectionPermit {
+    /// Takes a second descriptor from the node's budget, for a connection
+    /// that dials its own upstream socket (plaintext inbound, direct
+    /// outbound); `false` when the node has none left.
+    pub fn take_upstream_descriptor(&mut self) -> bool {
+        self.node.grow(1)
+    }
 }
 
 impl Drop for ConnectionPermit {

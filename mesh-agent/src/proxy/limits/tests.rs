@@ -4,7 +4,7 @@ use super::*;
 fn the_caps_fit_in_the_descriptors_with_a_reserve() {
     for open_files in [600u64, 1024, 4096, 20_000, 1 << 20] {
         let l = Limits::from_open_files(open_files);
-        let needed = 2 * l.node_connections as u64 + l.node_handshakes as u64;
+        let needed = l.node_connections as u64 + l.node_handshakes as u64;
         let reserve = open_files - needed;
         assert!(
             reserve >= (open_files / 10).max(256).min(open_files / 2),
@@ -23,17 +23,17 @@ fn the_ci_limit_gives_these_caps() {
     assert_eq!(
         l,
         Limits {
-            node_connections: 8437,
-            pod_connections: 8437,
+            node_connections: 16875,
+            pod_connections: 16875,
             node_handshakes: 1125,
             pod_handshakes: 128,
             source_handshakes: 32,
-            peer_connections: 32,
+            peer_connections: 169,
             buffer_growth: 32 << 20,
         }
     );
-    // Below the old fixed 16,384, which the descriptors could never hold.
-    assert!(l.pod_connections < 16 * 1024);
+    // 10,000 tunnelled connections (one descriptor each) fit on one node.
+    assert!(l.node_connections > 10_000);
 }
 
 #[test]
@@ -67,4 +67,26 @@ fn a_keyed_budget_counts_each_key_apart_and_forgets_empty_keys() {
     drop(c);
     assert_eq!(b.used(&"c"), 0);
     assert!(lock(&b.inner.used).get("c").is_none());
+}
+
+#[test]
+fn the_node_budget_counts_descriptors() {
+    let limits = Limits {
+        node_connections: 3,
+        pod_connections: 10,
+        ..Limits::default()
+    };
+    let node = NodeBudgets::new(&limits);
+    let pod = crate::proxy::pod::PodConnections::with_limits("p", &limits, &node);
+    // A direct (or plaintext inbound) connection holds two sockets.
+    let mut direct = pod.try_acquire().unwrap();
+    assert!(direct.take_upstream_descriptor());
+    // A tunnelled one holds one.
+    let tunnelled = pod.try_acquire().unwrap();
+    assert!(pod.try_acquire().is_none(), "three descriptors are spent");
+    drop(tunnelled);
+    let mut second = pod.try_acquire().unwrap();
+    assert!(!second.take_upstream_descriptor(), "no fourth descriptor");
+    drop((direct, second));
+    assert!(pod.try_acquire().is_some());
 }

@@ -78,6 +78,7 @@ impl Default for TunnelConfig {
             max_header_list_size: 16 * 1024,
             max_send_buffer: 256 * 1024,
             max_concurrent_streams: 200,
+            // `limits::CLIENT_STREAMS_PER_CONNECTION` sizes per-peer budgets by it.
             max_streams_per_connection: 100,
             // Shorter than the server's `server_idle_timeout` even at 2×, so the
             // client lets an idle connection go before the server does.
