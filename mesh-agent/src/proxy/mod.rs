@@ -4,6 +4,7 @@
 //! netns layer implements (`Dialer`, `OutboundContext`, `InboundContext`).
 
 pub mod copy;
+pub mod http;
 pub mod inbound;
 pub mod limits;
 pub mod outbound;
