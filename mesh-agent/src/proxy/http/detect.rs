@@ -87,7 +87,9 @@ fn request_line(bytes: &[u8]) -> Sniffed {
         _ => return Sniffed::Opaque,
     }
     let Some(end) = bytes.windows(2).position(|w| w == b"\r\n") else {
-        let printable = bytes.iter().all(|b| (0x20..0x7f).contains(b) || *b == b'\r');
+        let printable = bytes
+            .iter()
+            .all(|b| (0x20..0x7f).contains(b) || *b == b'\r');
         return if printable && bytes.len() < SNIFF_LIMIT {
             Sniffed::NeedMore
         } else {
