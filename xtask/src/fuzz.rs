@@ -22,6 +22,19 @@ pub struct FuzzArgs {
     /// How long each target runs.
     #[arg(long, default_value_t = 60)]
     seconds: u64,
+    /// Build without optimizations (builds in a fraction of the time, runs
+    /// slower): what the short run in `cargo xtask test` uses.
+    #[arg(long)]
+    dev: bool,
+}
+
+/// How the targets are built.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Build {
+    /// Optimized, one codegen unit: for long runs.
+    Release,
+    /// Unoptimized: for the short run in CI.
+    Dev,
 }
 
 /// Installs what fuzzing needs, only if missing: rustup's nightly toolchain and
@@ -57,15 +70,17 @@ pub fn run(args: &FuzzArgs) -> Result<()> {
             TARGETS.join(", ")
         ),
     };
-    run_targets(&targets, args.seconds)
+    let build = if args.dev { Build::Dev } else { Build::Release };
+    run_targets(&targets, args.seconds, build)
 }
 
 /// Builds the targets once, then runs each for `seconds`.
-pub fn run_targets(targets: &[&str], seconds: u64) -> Result<()> {
+pub fn run_targets(targets: &[&str], seconds: u64, build: Build) -> Result<()> {
     tools()?;
+    let flags = build_flags(build);
     step(
         "build the fuzz targets (cargo fuzz, nightly)",
-        fuzz_cmd().args(["build", "--sanitizer", "none"]),
+        fuzz_cmd().arg("build").args(&flags),
     )?;
     for t in targets {
         let found = Path::new("fuzz/target/corpus").join(t);
@@ -74,7 +89,9 @@ pub fn run_targets(targets: &[&str], seconds: u64) -> Result<()> {
         step(
             &format!("fuzz {t} for {seconds} s"),
             fuzz_cmd()
-                .args(["run", "--sanitizer", "none", t])
+                .arg("run")
+                .args(&flags)
+                .arg(t)
                 .arg(&found)
                 .arg(&seeds)
                 .arg("--")
@@ -86,6 +103,21 @@ pub fn run_targets(targets: &[&str], seconds: u64) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// The build lives outside the clone (like the Kubernetes binaries) when it
+/// can, so a CI run on a fresh clone rebuilds only what changed: the
+/// instrumented dependency tree takes many minutes on two cores.
+fn build_flags(build: Build) -> Vec<String> {
+    let mut flags = vec!["--sanitizer".to_owned(), "none".to_owned()];
+    let cache = Path::new("/var/cache/weft/fuzz-target");
+    if std::fs::create_dir_all(cache).is_ok() {
+        flags.extend(["--target-dir".to_owned(), cache.display().to_string()]);
+    }
+    if build == Build::Dev {
+        flags.push("--dev".to_owned());
+    }
+    flags
 }
 
 fn nightly_cargo() -> Command {

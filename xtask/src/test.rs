@@ -42,7 +42,7 @@ pub fn run() -> Result<()> {
     )?;
     // A short run of every fuzz target from the committed seeds (the long runs
     // are `cargo xtask fuzz --seconds N`).
-    crate::fuzz::run_targets(crate::fuzz::TARGETS, 30)?;
+    crate::fuzz::run_targets(crate::fuzz::TARGETS, 30, crate::fuzz::Build::Dev)?;
     let left = lab::leftovers();
     if !left.is_empty() {
         bail!("the test suite left lab objects behind: {left:?}");
