@@ -119,9 +119,13 @@ pub fn run(opts: &Options) -> Result<(String, Vec<String>)> {
                 direct_single = f.single_p50_us;
             }
             f.added_p50_us = f.single_p50_us - direct_single;
+            let bulk = match f.bulk_gbit_s {
+                b if b.is_nan() => String::new(),
+                b => format!("  bulk {b:.2} Gbit/s"),
+            };
             println!(
-                "  {:<28} {:>8.0} req/s  p50 {:>6.0} µs  1-conn p50 {:>5.0} µs  bulk {:>5.2} Gbit/s",
-                route.name, f.req_per_sec, f.p50_us, f.single_p50_us, f.bulk_gbit_s
+                "  {:<28} {:>8.0} req/s  p50 {:>6.0} µs  1-conn p50 {:>5.0} µs{bulk}",
+                route.name, f.req_per_sec, f.p50_us, f.single_p50_us
             );
             samples.push(f);
         }

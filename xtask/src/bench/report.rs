@@ -132,7 +132,7 @@ pub fn render(setup: &Setup, rows: &[Row]) -> (String, Vec<String>) {
             vec!["the report needs the Weft and Envoy L4 rows".into()],
         );
     };
-    let _ = write!(md, "| {} / {} |", weft.path, envoy.path);
+    let _ = write!(md, "| Weft L4 ÷ Envoy L4 |");
     for (_, get) in COLUMNS {
         let _ = write!(md, " {} |", ratio(get(&weft.figures), get(&envoy.figures)));
     }
@@ -209,6 +209,7 @@ fn verdict(ok: bool) -> &'static str {
 fn number(v: f64) -> String {
     match v {
         v if v.is_nan() => "–".to_owned(),
+        0.0 => "0".to_owned(),
         v if v.abs() >= 100.0 => format!("{v:.0}"),
         v if v.abs() >= 1.0 => format!("{v:.2}"),
         v => format!("{v:.4}"),
@@ -297,8 +298,9 @@ mod tests {
             md.contains("- PASS  L4 mTLS req/s at 16 conns ≥ 1.4× Envoy L4: 1.50×"),
             "{md}"
         );
-        assert!(md.contains("| Weft L4 / Envoy L4 | 1.50× |"), "{md}");
+        assert!(md.contains("| Weft L4 ÷ Envoy L4 | 1.50× |"), "{md}");
         assert!(md.contains("| direct | 30000 |"), "{md}");
+        assert!(md.contains("| 100 | 0 | 20.00 | – | – |"), "{md}");
 
         // Just over each limit, and over the memory budget.
         let (md, failed) = render(&setup(), &rows(figures(13.9e3, 0.66, 51.0, 4.9, 1.6), 31e6));
