@@ -1,5 +1,5 @@
 //! Builds the kernel programs (`mesh-ebpf`) and embeds the object in the agent, so
-//! one build of the agent yields a binary that carries its programs (DESIGN §2, §6).
+//! one build of the agent yields a binary that carries its programs (docs/architecture.md, "Building the kernel programs").
 //!
 //! `mesh-ebpf` targets `bpfel-unknown-none`, which rustup's stable toolchain cannot
 //! build (no `core` for BPF). Two toolchains can, tried in this order:
@@ -33,7 +33,7 @@ fn main() {
     }
 
     let toolchain = Toolchain::detect().unwrap_or_else(|why| {
-        panic!("cannot build the kernel programs: {why}. Run `cargo xtask setup` (DESIGN §6).")
+        panic!("cannot build the kernel programs: {why}. Run `cargo xtask setup` (docs/architecture.md, \"Building the kernel programs\").")
     });
     // A target dir of its own, shared by every profile, so the kernel crate is
     // compiled once and not once per OUT_DIR.
