@@ -88,6 +88,18 @@ pub fn run() -> Result<()> {
         }
     }
 
+    say("an unmeshed pod aims at shop/frontend's agent port 10.88.1.10:15006 itself");
+    let started = std::time::Instant::now();
+    let out = mesh.load_from("inventory-0", &["say", "10.88.1.10:15006", "loop?"])?;
+    if out.status.success() {
+        anyhow::bail!("the agent should refuse its own port as a target");
+    }
+    println!(
+        "reset after {} ms, never dialled (the agent's own ports are never a target): {}",
+        started.elapsed().as_millis(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+
     say("mesh-agent certs on node-a: a certificate per workload identity on the node");
     show(mesh.agent_cli("node-a", &["certs"])?);
 
