@@ -37,7 +37,7 @@ impl MeshLab {
             let pod = lab.pod(&pod)?;
             for port in ports {
                 let mut cmd = pod.command(&load.to_string_lossy());
-                cmd.args(["echo", &port.to_string()])
+                cmd.args(["echo", &port.to_string(), "--name", &pod.name])
                     .stdout(std::process::Stdio::null());
                 lab.spawn(cmd)?;
             }

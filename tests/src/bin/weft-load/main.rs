@@ -1,6 +1,8 @@
 //! `weft-load`: the lab's traffic tool, run as a real process inside lab pods.
 //!
-//! Servers: `echo PORT` (echoes everything), `sink PORT` (reads and discards,
+//! Servers: `echo PORT [--name POD]` (echoes everything; a connection that
+//! opens with an HTTP request is served as HTTP/1.1 or h2c instead, answering
+//! JSON that describes the request and names POD: see `http_echo.rs`), `sink PORT` (reads and discards,
 //! then reports the byte count back when the client half-closes), `http PORT`
 //! (a minimal HTTP/1.1 server for the bench's wrk workload: every request, read
 //! up to its blank line, gets `200` with a 1 KiB body on a kept-alive connection;
@@ -26,12 +28,24 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+mod http_echo;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
-        Some("echo") => serve(&args, echo),
+        Some("echo") => {
+            let name = args
+                .iter()
+                .position(|a| a == "--name")
+                .and_then(|i| args.get(i + 1))
+                .cloned()
+                .unwrap_or_else(|| "unnamed".into());
+            let _ = POD_NAME.set(name.leak());
+            serve(&args, echo)
+        }
         Some("sink") => serve(&args, sink),
         Some("http") => serve(&args, http),
         Some("rr") => request_response(&args),
@@ -81,8 +95,14 @@ fn serve(args: &[String], handler: fn(TcpStream)) -> Result<()> {
 
 const WHOAMI: &[u8] = b"whoami\n";
 
+/// The pod this echo server runs in, as HTTP answers name it.
+static POD_NAME: OnceLock<&'static str> = OnceLock::new();
+
 fn echo(mut stream: TcpStream) {
     let _ = stream.set_nodelay(true);
+    if opens_with_http(&stream) {
+        return http_echo::serve(stream, POD_NAME.get().copied().unwrap_or("unnamed"));
+    }
     let mut buf = vec![0u8; 64 * 1024];
     while let Ok(n) = stream.read(&mut buf) {
         // `ping` asks who we think it is.
@@ -98,6 +118,22 @@ fn echo(mut stream: TcpStream) {
             break;
         }
     }
+}
+
+/// Peeks at the first bytes (blocking, as `read` would) until they tell
+/// whether the client speaks HTTP.
+fn opens_with_http(stream: &TcpStream) -> bool {
+    let mut first = [0u8; 8];
+    for _ in 0..100 {
+        match stream.peek(&mut first) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => match http_echo::looks_like_http(&first[..n]) {
+                Some(http) => return http,
+                None => std::thread::sleep(Duration::from_millis(10)),
+            },
+        }
+    }
+    false
 }
 
 /// The body every `http` request gets.
