@@ -46,6 +46,10 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// One line per HTTP/gRPC request on stdout, text (Envoy-like) or JSON
+    /// [default: off].
+    #[arg(long, value_enum)]
+    pub access_log: Option<crate::telemetry::AccessLogFormat>,
     /// Local CA (the lab and the demo, not production: the node holds the CA's
     /// key): a directory with `ca.crt` and `ca.key` (`mesh-agent ca init DIR`).
     #[arg(long, env = "WEFT_CA_DIR", conflicts_with = "ca_addr")]

@@ -45,7 +45,11 @@ pub fn main(args: RunArgs) -> Result<()> {
 }
 
 async fn run(args: RunArgs, open_files: u64) -> Result<()> {
-    let metrics = Arc::new(telemetry::Metrics::new()?);
+    let metrics = Arc::new(
+        telemetry::Metrics::new()?
+            .with_access_log(args.access_log)
+            .context("start the access log")?,
+    );
     let ready = Arc::new(AtomicBool::new(false));
     let failing = admin::FailingPods::default();
     let probes = tokio::net::TcpListener::bind(args.readiness_addr)

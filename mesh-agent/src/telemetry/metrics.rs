@@ -3,6 +3,9 @@
 
 use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
+use super::access_log::{AccessLog, AccessLogFormat};
+use super::requests::{RequestMetrics, RequestRecord};
+use super::tap::{TAP_BUFFER, Tap};
 use crate::proxy::copy::{CopyObserver, Direction};
 
 /// Which end of the connection reports the series.
@@ -56,7 +59,7 @@ pub struct ConnectionLabels {
     pub connection_security_policy: SecurityPolicy,
 }
 
-const TCP_LABELS: [&str; 9] = [
+pub(super) const TCP_LABELS: [&str; 9] = [
     "reporter",
     "source_workload",
     "source_workload_namespace",
@@ -69,7 +72,7 @@ const TCP_LABELS: [&str; 9] = [
 ];
 
 impl ConnectionLabels {
-    fn values(&self) -> [&str; 9] {
+    pub(super) fn values(&self) -> [&str; 9] {
         fn or_unknown(s: &str) -> &str {
             if s.is_empty() { "unknown" } else { s }
         }
@@ -129,6 +132,10 @@ pub struct Metrics {
     revoked: IntCounter,
     pool_connections: IntGauge,
     enrolled_pods: IntGauge,
+    requests: RequestMetrics,
+    access_log: Option<AccessLog>,
+    access_log_dropped: IntCounter,
+    tap: Tap,
 }
 
 impl Metrics {
@@ -206,6 +213,17 @@ impl Metrics {
             "Pods of this node the agent has enrolled (captured into the mesh)",
         )?;
         registry.register(Box::new(enrolled_pods.clone()))?;
+        let requests = RequestMetrics::register(&registry)?;
+        let access_log_dropped = IntCounter::new(
+            "weft_access_log_dropped_total",
+            "Access log lines dropped because stdout did not keep up",
+        )?;
+        registry.register(Box::new(access_log_dropped.clone()))?;
+        let tap_lost = IntCounter::new(
+            "weft_tap_events_lost_total",
+            "Requests a tap client missed because it read too slowly",
+        )?;
+        registry.register(Box::new(tap_lost.clone()))?;
         Ok(Self {
             registry,
             opened,
@@ -219,7 +237,59 @@ impl Metrics {
             revoked,
             pool_connections,
             enrolled_pods,
+            requests,
+            access_log: None,
+            access_log_dropped,
+            tap: Tap::new(TAP_BUFFER, tap_lost),
         })
+    }
+
+    /// Turns the access log on (`--access-log`): one line per request on stdout.
+    pub fn with_access_log(self, format: Option<AccessLogFormat>) -> std::io::Result<Self> {
+        match format {
+            None => Ok(self),
+            Some(f) => self.with_access_log_sink(
+                f,
+                super::access_log::QUEUE_LINES,
+                Box::new(std::io::stdout()),
+            ),
+        }
+    }
+
+    /// The access log into any writer, behind a queue of `capacity` lines.
+    pub fn with_access_log_sink(
+        mut self,
+        format: AccessLogFormat,
+        capacity: usize,
+        sink: Box<dyn std::io::Write + Send>,
+    ) -> std::io::Result<Self> {
+        self.access_log = Some(AccessLog::start(
+            format,
+            capacity,
+            sink,
+            self.access_log_dropped.clone(),
+        )?);
+        Ok(self)
+    }
+
+    /// The access log's format, `None` when it is off.
+    pub fn access_log_format(&self) -> Option<AccessLogFormat> {
+        self.access_log.as_ref().map(AccessLog::format)
+    }
+
+    /// The live request stream behind admin `/tap`.
+    pub fn tap(&self) -> &Tap {
+        &self.tap
+    }
+
+    /// One finished HTTP or gRPC request, from either reporter: Istio's request
+    /// series (docs/architecture.md, "Request telemetry").
+    pub fn record_request(&self, r: &RequestRecord<'_>) {
+        self.requests.record(r);
+        if let Some(log) = &self.access_log {
+            log.log(r);
+        }
+        self.tap.publish(r);
     }
 
     /// Counts a connection as opened and returns its byte counters, resolved
