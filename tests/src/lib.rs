@@ -15,6 +15,7 @@ mod agent;
 mod clean;
 pub mod cluster;
 mod exec;
+pub mod http;
 pub mod image;
 pub mod kube;
 mod lab;

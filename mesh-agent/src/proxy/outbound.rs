@@ -15,10 +15,13 @@ use tracing::{debug, warn};
 
 use super::accept::accept_loop;
 use super::copy::{CopyObserver, Direction};
+use super::http::outbound::{PodHttp, serve as serve_http};
+use super::http::{Carry, HttpService, Plan, classify};
 use super::pod::{ConnectionPermit, PodConnections};
 use super::tunnel::{PeerCertificate, Pool};
 use super::{Dialer, Shared, bridge, dial, reset};
-use crate::telemetry::{ConnectionLabels, RefuseReason};
+use crate::routing::RequestHead;
+use crate::telemetry::{ConnectionLabels, RefuseReason, ResponseFlag};
 
 /// Where an outbound connection goes, decided by the agent's state lookup.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,6 +72,23 @@ pub trait OutboundContext: Send + Sync + 'static {
         tunnel_addr: SocketAddr,
         key: &Self::PoolKey,
     ) -> impl Future<Output = io::Result<Self::TunnelIo>> + Send;
+
+    /// The Service port `original_dst` addresses, when connections to it
+    /// may be HTTP (docs/architecture.md, "L7 routing"); `None` keeps the
+    /// connection at L4 (a pod address, or no L7 in this context).
+    fn http_service(&self, _original_dst: SocketAddr) -> Option<HttpService> {
+        None
+    }
+
+    /// Where one request to `service` goes: the state's decision.
+    fn plan_request(&self, service: &HttpService, _head: &RequestHead<'_>) -> Plan<Self::PoolKey> {
+        Plan::Respond {
+            status: http::StatusCode::SERVICE_UNAVAILABLE,
+            location: None,
+            flag: ResponseFlag::NoHealthyUpstream,
+            labels: service.labels.clone(),
+        }
+    }
 }
 
 /// Runs the pod's outbound listener until `pod` stops accepting.
@@ -80,15 +100,22 @@ pub async fn run_outbound<C: OutboundContext>(
     pod: PodConnections,
 ) {
     let metrics = Arc::clone(&shared.metrics);
+    let http = PodHttp::new(shared.config.limits.pod_connections);
     accept_loop(
         listener,
         pod.clone(),
         &metrics,
         "outbound",
         |client, peer, mut permit| {
-            let (ctx, pool, shared, pod) = (ctx.clone(), pool.clone(), shared.clone(), pod.clone());
+            let (ctx, pool, shared, pod, http) = (
+                ctx.clone(),
+                pool.clone(),
+                shared.clone(),
+                pod.clone(),
+                http.clone(),
+            );
             async move {
-                handle(client, peer, &*ctx, &pool, &shared, &pod, &mut permit).await;
+                handle(client, peer, ctx, &pool, &shared, &pod, http, &mut permit).await;
                 drop(permit);
             }
         },
@@ -96,13 +123,15 @@ pub async fn run_outbound<C: OutboundContext>(
     .await;
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn handle<C: OutboundContext>(
     mut client: TcpStream,
     peer: SocketAddr,
-    ctx: &C,
+    ctx: Arc<C>,
     pool: &Pool<C::PoolKey>,
     shared: &Shared,
     pod: &PodConnections,
+    http: PodHttp,
     permit: &mut ConnectionPermit,
 ) {
     let metrics = &shared.metrics;
@@ -111,6 +140,23 @@ async fn handle<C: OutboundContext>(
         warn!(pod = pod.name(), %peer, "no original destination recorded, closing");
         return reset(client);
     };
+    if let Some(service) = ctx.http_service(original)
+        && classify(&client, service.declared).await != Carry::Tcp
+    {
+        debug!(pod = pod.name(), %peer, %original, "outbound HTTP");
+        let _ = client.set_nodelay(true);
+        return serve_http(
+            client,
+            service,
+            ctx,
+            pool.clone(),
+            http,
+            shared.clone(),
+            pod,
+        )
+        .await;
+    }
+    let ctx = &*ctx;
     let Route { target, labels } = ctx.resolve(peer, original);
     let config = &shared.config;
     match target {

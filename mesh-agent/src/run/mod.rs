@@ -4,6 +4,7 @@
 
 mod args;
 mod enrol_failures;
+mod http_plan;
 mod inbound;
 mod memory;
 mod node_pods;

@@ -12,12 +12,15 @@ use mesh_common::{OrigDst, PortKey};
 use tokio::net::TcpStream;
 use tokio_util::either::Either;
 
+use super::http_plan::{Client, http_service, plan_request};
 use super::resolve::{PoolKey, resolve};
 use crate::ebpf::{orig_dst_to_socket_addr, port_key};
 use crate::identity::{CertManager, SpiffeId, tls};
 use crate::netns::{Netns, connect_marked};
 use crate::policy::AdmittedConnections;
+use crate::proxy::http::{HttpService, Plan};
 use crate::proxy::{Dialer, OutboundContext, Route};
+use crate::routing::{RequestHead, RoundRobin};
 use crate::state::{StateHandle, Workload};
 use crate::telemetry::{Metrics, SecurityPolicy};
 
@@ -43,6 +46,8 @@ pub struct PodContext {
     pub orig_dst: OrigDstMap,
     pub node_addr: Option<IpAddr>,
     pub round_robin: AtomicUsize,
+    /// Picks an endpoint per HTTP request.
+    pub balancer: RoundRobin,
     /// This pod's SPIFFE id.
     pub identity: SpiffeId,
     /// Certificates for the mutual-TLS tunnel; `None` only in the plaintext
@@ -77,6 +82,27 @@ impl OutboundContext for PodContext {
             &self.round_robin,
             &self.trust_domain,
             self.security,
+        )
+    }
+
+    fn http_service(&self, original_dst: SocketAddr) -> Option<HttpService> {
+        http_service(&self.state.current(), &self.workload, original_dst)
+    }
+
+    fn plan_request(&self, service: &HttpService, head: &RequestHead<'_>) -> Plan<PoolKey> {
+        let client = Client {
+            workload: &self.workload,
+            trust_domain: &self.trust_domain,
+            security: self.security,
+        };
+        let roll = rand::random();
+        plan_request(
+            &self.state.current(),
+            &client,
+            service,
+            head,
+            roll,
+            &self.balancer,
         )
     }
 

@@ -480,6 +480,7 @@ impl PodManager {
             orig_dst: self.orig_dst.clone(),
             node_addr,
             round_robin: Default::default(),
+            balancer: Default::default(),
             identity: identity_of(&self.trust_domain, workload),
             certs: self.certs.clone(),
             trust_domain: self.trust_domain.clone(),
