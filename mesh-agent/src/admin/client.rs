@@ -61,3 +61,30 @@ pub async fn get_json<T: serde::de::DeserializeOwned>(
     let v = serde_json::from_slice(&r.body).with_context(|| format!("{path}: invalid JSON"))?;
     Ok((v, r.generation))
 }
+
+/// `GET` a streamed endpoint (`/tap`): waits up to 5 s for the head, which
+/// must be 200, then hands over the body to read as it arrives.
+pub async fn get_stream(addr: &str, path: &str) -> anyhow::Result<hyper::body::Incoming> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let uri: hyper::Uri = format!("http://{addr}{path}")
+        .parse()
+        .with_context(|| format!("bad admin address {addr:?}"))?;
+    let resp = tokio::time::timeout(Duration::from_secs(5), client.get(uri))
+        .await
+        .with_context(|| format!("admin API at {addr} did not answer within 5 s"))?
+        .with_context(|| format!("cannot reach the admin API at {addr}: is the agent running?"))?;
+    if resp.status() != hyper::StatusCode::OK {
+        let status = resp.status().as_u16();
+        let body = tokio::time::timeout(Duration::from_secs(5), resp.into_body().collect())
+            .await
+            .ok()
+            .and_then(|b| b.ok())
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        bail!(
+            "{path}: HTTP {status}: {}",
+            String::from_utf8_lossy(&body).trim()
+        );
+    }
+    Ok(resp.into_body())
+}

@@ -6,6 +6,7 @@
 pub mod client;
 mod failing;
 mod router;
+mod tap;
 
 use std::{
     sync::{
@@ -21,6 +22,7 @@ use tokio::net::TcpListener;
 
 pub use failing::{FailingPod, FailingPods, with_enrolment_failures, with_ready_detail};
 pub use router::{Body, HandlerFuture, Router, json, text};
+pub use tap::{parse_query as tap_query, with_tap};
 
 use crate::identity::CertManager;
 use crate::state::StateHandle;

@@ -4,15 +4,15 @@
 use std::{collections::BTreeMap, convert::Infallible, future::Future, pin::Pin, sync::Arc};
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
 use hyper::{
     Method, Request, Response, StatusCode,
     body::Incoming,
     header::{ALLOW, CONTENT_TYPE, HeaderValue},
 };
 
-/// Response body of every admin endpoint.
-pub type Body = Full<Bytes>;
+/// Response body of every admin endpoint: whole (JSON, text) or streamed (`/tap`).
+pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 pub type HandlerFuture = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
 type Handler = Arc<dyn Fn(Request<Incoming>) -> HandlerFuture + Send + Sync>;
 
@@ -80,7 +80,7 @@ impl Router {
 
 /// A plain-text response.
 pub fn text(status: StatusCode, body: &str) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_owned())));
+    let mut r = Response::new(Full::new(Bytes::from(body.to_owned())).boxed_unsync());
     *r.status_mut() = status;
     r.headers_mut().insert(
         CONTENT_TYPE,
@@ -94,7 +94,7 @@ pub fn json<T: serde::Serialize + ?Sized>(value: &T) -> Response<Body> {
     match serde_json::to_vec_pretty(value) {
         Ok(mut v) => {
             v.push(b'\n');
-            let mut r = Response::new(Full::new(Bytes::from(v)));
+            let mut r = Response::new(Full::new(Bytes::from(v)).boxed_unsync());
             r.headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             r

@@ -6,6 +6,7 @@ pub mod certs;
 pub mod config_cmd;
 pub mod crds;
 pub mod status;
+pub mod tap;
 
 /// Runs a future on a small runtime of its own (read commands are one-shot).
 pub(crate) fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(

@@ -101,6 +101,7 @@ async fn run(args: RunArgs, open_files: u64) -> Result<()> {
         admin::with_certs(admin::router(state.clone(), ready.clone()), certs.clone());
     admin_router = admin::with_ready_detail(admin_router, ready.clone(), failing.clone());
     admin_router = admin::with_enrolment_failures(admin_router, failing.clone());
+    admin_router = admin::with_tap(admin_router, metrics.tap().clone());
     if let Some(refusals) = refusals {
         admin_router = admin::with_refusals(admin_router, refusals);
     }
