@@ -7,11 +7,13 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 use serde_json::Value;
 
-use crate::config::resources::{AuthorizationPolicy, GRPCRoute, HTTPRoute, TrafficPolicy};
+use crate::config::resources::{
+    AuthorizationPolicy, GRPCRoute, HTTPRoute, ReferenceGrant, TrafficPolicy,
+};
 
 #[derive(Debug, Args)]
 pub struct CrdsArgs {
-    /// Print CRDs for Gateway API's HTTPRoute and GRPCRoute made from the agent's own
+    /// Print CRDs for Gateway API's HTTPRoute, GRPCRoute and ReferenceGrant made from the agent's own
     /// types, for test clusters. Real clusters install Gateway API's release instead.
     #[arg(long)]
     pub gateway_api: bool,
@@ -30,6 +32,11 @@ pub fn gateway_api() -> Vec<CustomResourceDefinition> {
     [HTTPRoute::crd(), GRPCRoute::crd()]
         .map(known_formats)
         .into()
+}
+
+/// Gateway API's ReferenceGrant CRD (`v1beta1`), shaped the same way.
+pub fn reference_grant() -> CustomResourceDefinition {
+    known_formats(ReferenceGrant::crd())
 }
 
 /// schemars writes `format: uint32` for `u32`, a format the API server does not
@@ -56,8 +63,10 @@ fn known_formats(crd: CustomResourceDefinition) -> CustomResourceDefinition {
 /// The YAML `mesh-agent crds [--gateway-api]` prints.
 pub fn render(gateway_api: bool) -> String {
     let (crds, note) = if gateway_api {
+        let mut crds = self::gateway_api();
+        crds.push(reference_grant());
         (
-            self::gateway_api(),
+            crds,
             "for test clusters only: install Gateway API's own CRDs",
         )
     } else {
@@ -177,16 +186,25 @@ mod tests {
         for gateway in [false, true] {
             let text = render(gateway);
             let docs = parse_documents(&text).expect("valid YAML");
-            let crds = if gateway { gateway_api() } else { weft() };
+            let crds = if gateway {
+                let mut crds = gateway_api();
+                crds.push(reference_grant());
+                crds
+            } else {
+                weft()
+            };
             assert_eq!(docs.len(), crds.len());
             for (doc, crd) in docs.iter().zip(&crds) {
                 assert_eq!(doc.value, serde_json::to_value(crd).unwrap());
                 let v = &crd.spec.versions[0];
-                assert!(
+                // ReferenceGrant has no status, in Gateway API as here.
+                let has_status = crd.spec.names.kind != "ReferenceGrant";
+                assert_eq!(
                     v.subresources
                         .as_ref()
                         .and_then(|s| s.status.as_ref())
-                        .is_some()
+                        .is_some(),
+                    has_status
                 );
                 let schema = serde_json::to_string(&v.schema).unwrap();
                 for banned in ["\"$ref\"", "\"anyOf\"", "\"oneOf\"", "\"allOf\"", "uint32"] {

@@ -13,8 +13,8 @@ use serde_json::Value;
 use super::{
     errors::{ConfigError, ResourceRef},
     resources::{
-        AuthorizationPolicy, DEFAULT_NAMESPACE, GRPCRoute, HTTPRoute, Namespace, Pod, Resource,
-        Service, TrafficPolicy,
+        AuthorizationPolicy, DEFAULT_NAMESPACE, GRPCRoute, HTTPRoute, Namespace, Pod,
+        ReferenceGrant, Resource, Service, TrafficPolicy,
     },
     yaml::{Positions, YamlDoc},
 };
@@ -26,6 +26,7 @@ pub const KINDS: &[(&str, &str)] = &[
     ("v1", "Service"),
     ("gateway.networking.k8s.io/v1", "HTTPRoute"),
     ("gateway.networking.k8s.io/v1", "GRPCRoute"),
+    ("gateway.networking.k8s.io/v1beta1", "ReferenceGrant"),
     ("weft.dev/v1alpha1", "AuthorizationPolicy"),
     ("weft.dev/v1alpha1", "TrafficPolicy"),
 ];
@@ -183,6 +184,10 @@ fn parse_inner(
         "Service" => wrap(typed::<Service>(value, &origin), Resource::Service),
         "HTTPRoute" => wrap(typed::<HTTPRoute>(value, &origin), Resource::HttpRoute),
         "GRPCRoute" => wrap(typed::<GRPCRoute>(value, &origin), Resource::GrpcRoute),
+        "ReferenceGrant" => wrap(
+            typed::<ReferenceGrant>(value, &origin),
+            Resource::ReferenceGrant,
+        ),
         "AuthorizationPolicy" => wrap(
             typed::<AuthorizationPolicy>(value, &origin),
             Resource::AuthorizationPolicy,

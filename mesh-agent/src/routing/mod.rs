@@ -78,7 +78,7 @@ pub enum RespondReason {
     /// API says for missing, zero-weight or invalid backends.
     NoBackend,
     /// The chosen backendRef names a Service that does not exist, or one in
-    /// another namespace (not permitted without a ReferenceGrant): 500.
+    /// another namespace that no ReferenceGrant there permits: 500.
     InvalidBackend,
 }
 
@@ -136,7 +136,13 @@ pub fn route<'a>(
     let exists = snapshot
         .service(&backend.service)
         .is_some_and(|s| s.ports.iter().any(|p| p.port == backend.port));
-    if !exists || backend.service.namespace != matched.route.key.namespace {
+    // Across namespaces only with a ReferenceGrant there (docs/security.md).
+    let permitted = snapshot.reference_permitted(
+        matched.route.kind,
+        &matched.route.key.namespace,
+        &backend.service,
+    );
+    if !exists || !permitted {
         return respond(
             StatusCode::INTERNAL_SERVER_ERROR,
             RespondReason::InvalidBackend,

@@ -377,3 +377,56 @@ spec:
         "404"
     );
 }
+
+/// A ReferenceGrant in `ns` letting `kind`s of `from_ns` use Service `to` (all
+/// Services when `None`).
+fn grant_yaml(ns: &str, kind: &str, from_ns: &str, to: Option<&str>) -> String {
+    let name = to.map(|n| format!(", name: {n}")).unwrap_or_default();
+    format!(
+        "---\napiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\nmetadata: {{name: from-{from_ns}-{}, namespace: {ns}}}\nspec:\n  from: [{{group: gateway.networking.k8s.io, kind: {kind}, namespace: {from_ns}}}]\n  to: [{{group: \"\", kind: Service{name}}}]\n",
+        kind.to_lowercase()
+    )
+}
+
+#[test]
+fn a_backend_in_another_namespace_needs_a_reference_grant_there() {
+    let consumer = route_yaml(
+        "consumer",
+        "client",
+        "2026-01-01T00:00:00Z",
+        "    - backendRefs: [{name: v1, namespace: shop, port: 80}]\n",
+    );
+    let answer = |grants: &str| {
+        let s = snapshot(&format!("{consumer}{grants}"));
+        outcome(&s, "client", &req("GET", "/", &[]))
+    };
+    assert_eq!(answer(""), "500", "no grant: not permitted");
+    let invalid = |grants: &str| {
+        let s = snapshot(&format!("{consumer}{grants}"));
+        let head_req = req("GET", "/", &[]);
+        let head = RequestHead::new(&head_req.method, &head_req.uri, &head_req.headers);
+        match route(&s, "client", &web(), 80, &head, 0) {
+            Decision::Respond(r) => r.reason == RespondReason::InvalidBackend,
+            Decision::Forward(_) => false,
+        }
+    };
+    assert!(invalid(""));
+    // Grants that do not match: the wrong kind, source namespace, Service, or
+    // written in the route's own namespace.
+    for wrong in [
+        grant_yaml("shop", "GRPCRoute", "client", None),
+        grant_yaml("shop", "HTTPRoute", "third", None),
+        grant_yaml("shop", "HTTPRoute", "client", Some("v2")),
+        grant_yaml("client", "HTTPRoute", "client", None),
+    ] {
+        assert!(invalid(&wrong), "{wrong}");
+    }
+    assert_eq!(
+        answer(&grant_yaml("shop", "HTTPRoute", "client", None)),
+        "v1"
+    );
+    assert_eq!(
+        answer(&grant_yaml("shop", "HTTPRoute", "client", Some("v1"))),
+        "v1"
+    );
+}

@@ -10,6 +10,7 @@ use k8s_openapi::{
 
 use super::{
     endpoint_slices, endpoints,
+    grant::ReferenceGrant,
     model::{MtlsMode, NamespaceInfo, ObjectKey, Service, ServicePort, TargetPort, Workload},
     policy::{AuthorizationPolicy, TrafficPolicy},
     route_build as routes,
@@ -56,6 +57,13 @@ pub fn build(set: &ResourceSet) -> Snapshot {
         .collect();
     route_list.sort_by(|a, b| a.key.cmp(&b.key));
 
+    let mut reference_grants: Vec<Arc<ReferenceGrant>> = set
+        .reference_grants
+        .iter()
+        .map(|g| Arc::new(ReferenceGrant::from_resource(g)))
+        .collect();
+    reference_grants.sort_by(|a, b| a.key.cmp(&b.key));
+
     let authorization_policies = set
         .authorization_policies
         .iter()
@@ -101,6 +109,7 @@ pub fn build(set: &ResourceSet) -> Snapshot {
         services,
         endpoints,
         routes: route_list,
+        reference_grants,
         authorization_policies,
         traffic_policies,
     })

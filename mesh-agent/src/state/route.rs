@@ -14,6 +14,16 @@ pub enum RouteKind {
     Grpc,
 }
 
+impl RouteKind {
+    /// The Kubernetes kind: `HTTPRoute` or `GRPCRoute`.
+    pub fn gvk_kind(self) -> &'static str {
+        match self {
+            RouteKind::Http => "HTTPRoute",
+            RouteKind::Grpc => "GRPCRoute",
+        }
+    }
+}
+
 /// A route attached to one or more Services.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HttpRoute {

@@ -18,11 +18,12 @@ fn map<K, V>(capacity: usize) -> Map<K, V> {
 }
 
 use super::{
+    grant::{self, ReferenceGrant},
     model::{
         Endpoint, NamespaceInfo, Service, ServiceEndpoints, ServiceKey, ServicePort, Workload,
     },
     policy::{AuthorizationPolicy, TrafficPolicy},
-    route::HttpRoute,
+    route::{HttpRoute, RouteKind},
     serde_arc,
 };
 
@@ -38,6 +39,8 @@ pub struct SnapshotData {
     pub endpoints: Vec<ServiceEndpoints>,
     #[serde(with = "serde_arc")]
     pub routes: Vec<Arc<HttpRoute>>,
+    #[serde(default, with = "serde_arc")]
+    pub reference_grants: Vec<Arc<ReferenceGrant>>,
     #[serde(with = "serde_arc")]
     pub authorization_policies: Vec<Arc<AuthorizationPolicy>>,
     #[serde(with = "serde_arc")]
@@ -62,6 +65,7 @@ struct Indexes {
     by_addr: Map<SocketAddr, (usize, usize)>,
     services: Map<ServiceKey, ServiceEntry>,
     authz_by_namespace: Map<String, Vec<usize>>,
+    grants_by_namespace: Map<String, Vec<usize>>,
 }
 
 /// One immutable desired state. Cheap to share as `Arc<Snapshot>`; every lookup
@@ -91,6 +95,7 @@ impl Snapshot {
             by_addr: map(data.services.len() * 2),
             services: map(data.services.len()),
             authz_by_namespace: map(0),
+            grants_by_namespace: map(0),
         };
         for (i, w) in data.workloads.iter().enumerate() {
             for ip in &w.ips {
@@ -144,6 +149,12 @@ impl Snapshot {
         for (i, p) in data.authorization_policies.iter().enumerate() {
             idx.authz_by_namespace
                 .entry(p.key.namespace.clone())
+                .or_default()
+                .push(i);
+        }
+        for (i, g) in data.reference_grants.iter().enumerate() {
+            idx.grants_by_namespace
+                .entry(g.key.namespace.clone())
                 .or_default()
                 .push(i);
         }
@@ -223,6 +234,35 @@ impl Snapshot {
             .services
             .get(service)
             .map_or(&[], |e| e.routes.as_slice())
+    }
+
+    pub fn reference_grants(&self) -> &[Arc<ReferenceGrant>] {
+        &self.data.reference_grants
+    }
+
+    /// Whether a route of `kind` in `from_namespace` may send traffic to the
+    /// Service `to`: within its namespace always, across only with a
+    /// ReferenceGrant in `to`'s namespace ([`grant::permitted`]).
+    pub fn reference_permitted(
+        &self,
+        kind: RouteKind,
+        from_namespace: &str,
+        to: &ServiceKey,
+    ) -> bool {
+        let grants = self
+            .idx
+            .grants_by_namespace
+            .get(&to.namespace)
+            .into_iter()
+            .flatten()
+            .map(|&i| &*self.data.reference_grants[i]);
+        grant::permitted(
+            grants,
+            kind.gvk_kind(),
+            from_namespace,
+            &to.namespace,
+            &to.name,
+        )
     }
 
     pub fn authorization_policies(&self) -> &[Arc<AuthorizationPolicy>] {

@@ -9,8 +9,9 @@ use serde_json::Value;
 
 use super::{policies::PolicyFacts, routes::BackendRef, routes::RouteFacts};
 use crate::config::kube::checked::{Checked, check};
-use crate::config::resources::DEFAULT_NAMESPACE;
 use crate::config::resources::gateway::ParentReference;
+use crate::config::resources::{DEFAULT_NAMESPACE, Resource};
+use crate::state::ReferenceGrant;
 
 /// One object of a kind Weft writes status on.
 #[derive(Clone, Debug, PartialEq)]
@@ -33,6 +34,7 @@ pub fn route(kind: &str, api_version: &str, obj: DynamicObject) -> Object<RouteF
     let current = list(&obj.data["status"]["parents"]).to_vec();
     read(kind, api_version, obj, |namespace, generation, verdict| {
         RouteFacts {
+            kind: kind.to_owned(),
             namespace: namespace.to_owned(),
             generation,
             parent_refs,
@@ -54,6 +56,21 @@ pub fn policy(kind: &str, api_version: &str, obj: DynamicObject) -> Object<Polic
         }
     })
 }
+
+/// A ReferenceGrant as the agents apply it: `None` when their validator
+/// refuses it (it then permits nothing, on the agents as in the status).
+pub fn grant(obj: DynamicObject) -> Option<ReferenceGrant> {
+    match check(GRANT_KIND, GRANT_API_VERSION, obj) {
+        Checked::Accepted(r) => match *r {
+            Resource::ReferenceGrant(g) => Some(ReferenceGrant::from_resource(&g)),
+            _ => None,
+        },
+        Checked::Refused(_) => None,
+    }
+}
+
+pub const GRANT_KIND: &str = "ReferenceGrant";
+pub const GRANT_API_VERSION: &str = "gateway.networking.k8s.io/v1beta1";
 
 fn read<F>(
     kind: &str,
@@ -158,6 +175,7 @@ mod tests {
         }));
         let o = route("HTTPRoute", "gateway.networking.k8s.io/v1", obj);
         assert_eq!((o.namespace.as_str(), o.name.as_str()), ("shop", "r"));
+        assert_eq!(o.facts.kind, "HTTPRoute");
         assert_eq!(o.resource_version.as_deref(), Some("17"));
         assert_eq!(o.facts.generation, Some(4));
         assert_eq!(o.facts.verdict, Ok(()));
@@ -215,5 +233,23 @@ mod tests {
                 .starts_with("spec.rules[0].from[0].source.ipBlocks[0]")
         );
         assert_eq!(o.facts.current.len(), 1);
+    }
+
+    #[test]
+    fn a_grant_applies_only_when_the_validator_accepts_it() {
+        let grant_obj = |namespace: &str| {
+            object(json!({
+                "apiVersion": GRANT_API_VERSION, "kind": GRANT_KIND,
+                "metadata": {"name": "g", "namespace": "other"},
+                "spec": {
+                    "from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": namespace}],
+                    "to": [{"group": "", "kind": "Service"}]
+                }
+            }))
+        };
+        let g = grant(grant_obj("shop")).expect("accepted");
+        assert_eq!(g.key.to_string(), "other/g");
+        assert_eq!(g.from[0].namespace, "shop");
+        assert_eq!(grant(grant_obj("Not A Namespace")), None);
     }
 }

@@ -8,12 +8,12 @@
 //!   no port `parentRef.port`.
 //! - `ResolvedRefs`: `True`/`ResolvedRefs`; else `False` with, by precedence,
 //!   `InvalidKind` (a backend that is not a Service), `RefNotPermitted` (a
-//!   Service of another namespace: ReferenceGrant is not supported, so no
-//!   cross-namespace reference is permitted) or `BackendNotFound` (no such
-//!   Service). The message lists every problem.
+//!   Service of another namespace that no ReferenceGrant there permits) or
+//!   `BackendNotFound` (no such Service). The message lists every problem.
 //!
 //! Entries of other controllers are kept as they are. Pure: the caller gives
-//! the Services and the time.
+//! the Services, the grants and the time. `mesh-agent routes` shows the same
+//! [`parent_verdicts`] over the agent's snapshot (`status::local`).
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serde_json::Value;
@@ -33,6 +33,19 @@ pub trait Services {
     fn ports(&self, namespace: &str, name: &str) -> Option<&[i32]>;
 }
 
+/// Where the ReferenceGrants are: whether a route of `route_kind` in
+/// `from_namespace` may refer to the Service `to_namespace/name`
+/// ([`crate::state::grant::permitted`]).
+pub trait Grants {
+    fn permits(
+        &self,
+        route_kind: &str,
+        from_namespace: &str,
+        to_namespace: &str,
+        name: &str,
+    ) -> bool;
+}
+
 /// A backend reference of a rule (or of a `RequestMirror` filter), as written.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BackendRef {
@@ -47,6 +60,8 @@ pub struct BackendRef {
 /// What a route's status is computed from.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RouteFacts {
+    /// `HTTPRoute` or `GRPCRoute`: ReferenceGrants name the kind they admit.
+    pub kind: String,
     pub namespace: String,
     pub generation: Option<i64>,
     pub parent_refs: Vec<ParentReference>,
@@ -91,32 +106,72 @@ impl RouteFacts {
             .chain(backends)
             .any(|(ns, n)| ns == namespace && n == name)
     }
+
+    /// Whether the route has a backend in `namespace`, another namespace than
+    /// its own: a ReferenceGrant there may change the status.
+    pub fn refers_across_to(&self, namespace: &str) -> bool {
+        namespace != self.namespace
+            && self
+                .backend_refs
+                .iter()
+                .any(|b| b.namespace.as_deref() == Some(namespace))
+    }
+}
+
+/// The verdicts for one parent Service.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParentVerdicts {
+    pub parent_ref: ParentReference,
+    pub accepted: Verdict,
+    pub resolved_refs: Verdict,
+}
+
+/// `Accepted` and `ResolvedRefs` for each distinct parent Service of the route.
+pub fn parent_verdicts(
+    facts: &RouteFacts,
+    services: &impl Services,
+    grants: &impl Grants,
+) -> Vec<ParentVerdicts> {
+    let resolved = resolved_refs(facts, services, grants);
+    let mut out: Vec<ParentVerdicts> = Vec::new();
+    for parent in facts.parent_refs.iter().filter(|p| is_service_parent(p)) {
+        if out.iter().any(|o| o.parent_ref == *parent) {
+            continue;
+        }
+        out.push(ParentVerdicts {
+            parent_ref: parent.clone(),
+            accepted: accepted(facts, parent, services),
+            resolved_refs: resolved.clone(),
+        });
+    }
+    out
+}
+
+/// `Accepted` of a route the validator refuses: `message` is its errors.
+pub fn refused(message: impl Into<String>) -> Verdict {
+    Verdict::no(ACCEPTED, "UnsupportedValue", message)
 }
 
 /// The new `status.parents` when it differs from the current one, else `None`.
 pub fn route_parents(
     facts: &RouteFacts,
     services: &impl Services,
+    grants: &impl Grants,
     now: &Time,
 ) -> Result<Option<Vec<Value>>, serde_json::Error> {
     let (others, previous, unreadable) = split_current(&facts.current);
-    let resolved = resolved_refs(facts, services);
     let mut ours: Vec<RouteParentStatus> = Vec::new();
-    for parent in facts.parent_refs.iter().filter(|p| is_service_parent(p)) {
-        if ours.iter().any(|o| o.parent_ref == *parent) {
-            continue;
-        }
+    for v in parent_verdicts(facts, services, grants) {
         let before: &[Condition] = previous
             .iter()
-            .find(|p| p.parent_ref == *parent)
+            .find(|p| p.parent_ref == v.parent_ref)
             .map_or(&[], |p| p.conditions.as_slice());
-        let accepted = accepted(facts, parent, services);
         ours.push(RouteParentStatus {
-            parent_ref: parent.clone(),
+            parent_ref: v.parent_ref,
             controller_name: CONTROLLER_NAME.to_owned(),
             conditions: vec![
-                accepted.condition(facts.generation, before, now),
-                resolved.condition(facts.generation, before, now),
+                v.accepted.condition(facts.generation, before, now),
+                v.resolved_refs.condition(facts.generation, before, now),
             ],
         });
     }
@@ -149,7 +204,7 @@ fn split_current(current: &[Value]) -> (Vec<Value>, Vec<RouteParentStatus>, bool
 
 fn accepted(facts: &RouteFacts, parent: &ParentReference, services: &impl Services) -> Verdict {
     if let Err(message) = &facts.verdict {
-        return Verdict::no(ACCEPTED, "UnsupportedValue", message.clone());
+        return refused(message.clone());
     }
     let ns = parent.namespace.as_deref().unwrap_or(&facts.namespace);
     let name = &parent.name;
@@ -193,7 +248,7 @@ impl RefProblem {
     }
 }
 
-fn resolved_refs(facts: &RouteFacts, services: &impl Services) -> Verdict {
+fn resolved_refs(facts: &RouteFacts, services: &impl Services, grants: &impl Grants) -> Verdict {
     let mut problems: Vec<(RefProblem, String)> = Vec::new();
     for b in &facts.backend_refs {
         let ns = b.namespace.as_deref().unwrap_or(&facts.namespace);
@@ -205,10 +260,11 @@ fn resolved_refs(facts: &RouteFacts, services: &impl Services) -> Verdict {
                 RefProblem::InvalidKind,
                 format!("{field}: kind {kind:?} of group {group:?} is not supported: backends are Services"),
             ));
-        } else if ns != facts.namespace {
+        } else if !grants.permits(&facts.kind, &facts.namespace, ns, name) {
+            let (kind, from) = (&facts.kind, &facts.namespace);
             problems.push((
                 RefProblem::RefNotPermitted,
-                format!("{field}: Service {ns}/{name} is in another namespace, and ReferenceGrants are not supported: backends must be in the route's namespace"),
+                format!("{field}: Service {ns}/{name} is in another namespace and no ReferenceGrant there permits it: add one in namespace {ns} from {{group: gateway.networking.k8s.io, kind: {kind}, namespace: {from}}} to {{group: \"\", kind: Service}}"),
             ));
         } else if services.ports(ns, name).is_none() {
             problems.push((
@@ -233,15 +289,41 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::state::ObjectKey;
+    use crate::state::grant::{GATEWAY_GROUP, GrantFrom, GrantTo, ReferenceGrant, permitted};
     use crate::status::conditions::tests::at;
 
     #[derive(Default)]
-    struct World(HashMap<(String, String), Vec<i32>>);
+    struct World(HashMap<(String, String), Vec<i32>>, Vec<ReferenceGrant>);
 
     impl World {
         fn with(mut self, ns: &str, name: &str, ports: &[i32]) -> Self {
             self.0.insert((ns.into(), name.into()), ports.to_vec());
             self
+        }
+
+        /// A grant in `ns` for HTTPRoutes of `from` to every Service.
+        fn granting(mut self, ns: &str, from: &str) -> Self {
+            self.1.push(ReferenceGrant {
+                key: ObjectKey::new(ns, "g"),
+                from: vec![GrantFrom {
+                    group: GATEWAY_GROUP.into(),
+                    kind: "HTTPRoute".into(),
+                    namespace: from.into(),
+                }],
+                to: vec![GrantTo {
+                    group: String::new(),
+                    kind: "Service".into(),
+                    name: None,
+                }],
+            });
+            self
+        }
+    }
+
+    impl Grants for World {
+        fn permits(&self, kind: &str, from: &str, to: &str, name: &str) -> bool {
+            permitted(&self.1, kind, from, to, name)
         }
     }
 
@@ -272,6 +354,7 @@ mod tests {
 
     fn route() -> RouteFacts {
         RouteFacts {
+            kind: "HTTPRoute".into(),
             namespace: "shop".into(),
             generation: Some(3),
             parent_refs: vec![service_parent("reviews")],
@@ -289,7 +372,7 @@ mod tests {
 
     /// The new parents, typed; panics when nothing changed.
     fn parents(facts: &RouteFacts, world: &World, now: i64) -> Vec<Value> {
-        route_parents(facts, world, &at(now))
+        route_parents(facts, world, world, &at(now))
             .expect("serializable")
             .expect("a change")
     }
@@ -346,7 +429,10 @@ mod tests {
     fn an_unchanged_status_is_not_rewritten_and_keeps_its_times() {
         let mut facts = route();
         facts.current = parents(&facts, &world(), 100);
-        assert_eq!(route_parents(&facts, &world(), &at(200)).unwrap(), None);
+        assert_eq!(
+            route_parents(&facts, &world(), &world(), &at(200)).unwrap(),
+            None
+        );
         // A new generation changes observedGeneration, not the transition times.
         facts.generation = Some(4);
         let p = parents(&facts, &world(), 300);
@@ -470,10 +556,51 @@ mod tests {
             conditions(&p, 0)[1],
             c("ResolvedRefs", "False", "RefNotPermitted")
         );
+        let m = message(&p, 0, "ResolvedRefs");
         assert!(
-            message(&p, 0, "ResolvedRefs")
-                .contains("Service other/reviews is in another namespace")
+            m.contains("Service other/reviews is in another namespace and no ReferenceGrant there permits it: add one in namespace other"),
+            "{m}"
         );
+    }
+
+    #[test]
+    fn a_reference_grant_in_the_backend_s_namespace_permits_it() {
+        let mut remote = backend("reviews");
+        remote.namespace = Some("other".into());
+        let facts = RouteFacts {
+            backend_refs: vec![remote],
+            ..route()
+        };
+        let granted = world()
+            .with("other", "reviews", &[9080])
+            .granting("other", "shop");
+        let p = parents(&facts, &granted, 100);
+        assert_eq!(
+            conditions(&p, 0)[1],
+            c("ResolvedRefs", "True", "ResolvedRefs")
+        );
+        // A grant elsewhere, or for another namespace's routes, does not.
+        for world in [
+            world()
+                .with("other", "reviews", &[9080])
+                .granting("shop", "shop"),
+            world()
+                .with("other", "reviews", &[9080])
+                .granting("other", "front"),
+        ] {
+            let p = parents(&facts, &world, 100);
+            assert_eq!(
+                conditions(&p, 0)[1],
+                c("ResolvedRefs", "False", "RefNotPermitted")
+            );
+        }
+        // Permitted but missing: BackendNotFound.
+        let p = parents(&facts, &world().granting("other", "shop"), 100);
+        assert_eq!(
+            conditions(&p, 0)[1],
+            c("ResolvedRefs", "False", "BackendNotFound")
+        );
+        assert!(facts.refers_across_to("other") && !facts.refers_across_to("shop"));
     }
 
     #[test]

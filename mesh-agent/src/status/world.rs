@@ -1,5 +1,5 @@
-//! What the status writer knows of the cluster: the routes, policies and
-//! Services its watchers reported, which objects may need a new status since
+//! What the status writer knows of the cluster: the routes, policies,
+//! Services and ReferenceGrants its watchers reported, which objects may need a new status since
 //! the last look, and the patch that brings one up to date. Pure: the writer
 //! feeds it events and asks for patches.
 
@@ -14,8 +14,9 @@ use serde_json::{Value, json};
 
 use super::facts::{self, Object};
 use super::policies::{PolicyFacts, policy_conditions};
-use super::routes::{RouteFacts, Services, route_parents};
+use super::routes::{Grants, RouteFacts, Services, route_parents};
 use super::store::{Change, Store};
+use crate::state::{ReferenceGrant, grant};
 
 /// The kinds Weft writes status on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -63,6 +64,10 @@ pub enum Update {
     /// The cluster does not serve the kind (its CRD is not installed).
     Absent(Kind),
     Service(Event<Service>),
+    /// ReferenceGrants: they decide `RefNotPermitted`.
+    Grant(Event<DynamicObject>),
+    /// The cluster does not serve ReferenceGrant (no grant permits anything).
+    GrantsAbsent,
 }
 
 /// A merge patch of one object's `status`, conditional on the resource
@@ -86,6 +91,18 @@ impl Services for ServiceStore {
     }
 }
 
+/// ReferenceGrant `namespace/name` → the grant, `None` when the agents'
+/// validator refuses it.
+#[derive(Debug, Default)]
+pub struct GrantStore(Store<Option<ReferenceGrant>>);
+
+impl Grants for GrantStore {
+    fn permits(&self, kind: &str, from: &str, to: &str, name: &str) -> bool {
+        let grants = self.0.iter().filter_map(|(_, g)| g.as_ref());
+        grant::permitted(grants, kind, from, to, name)
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct World {
     http_routes: Store<Object<RouteFacts>>,
@@ -93,6 +110,7 @@ pub struct World {
     authorization_policies: Store<Object<PolicyFacts>>,
     traffic_policies: Store<Object<PolicyFacts>>,
     services: ServiceStore,
+    grants: GrantStore,
     dirty: HashSet<Target>,
 }
 
@@ -128,6 +146,7 @@ impl World {
             && self.authorization_policies.synced()
             && self.traffic_policies.synced()
             && self.services.0.synced()
+            && self.grants.0.synced()
     }
 
     pub fn apply(&mut self, update: Update) {
@@ -161,6 +180,14 @@ impl World {
                 };
                 self.mark(kind, change);
             }
+            Update::Grant(event) => {
+                let change = self.grants.0.apply(event, object_key, facts::grant);
+                self.mark_grant(change);
+            }
+            Update::GrantsAbsent => {
+                let change = self.grants.0.mark_absent();
+                self.mark_grant(change);
+            }
             Update::Service(event) => {
                 let change = self.services.0.apply(event, object_key, ports);
                 match change {
@@ -186,6 +213,34 @@ impl World {
                 }
             }
         }
+    }
+
+    /// A grant in namespace N changed: the routes with a backend in N from
+    /// another namespace may have a new `ResolvedRefs`.
+    fn mark_grant(&mut self, change: Change) {
+        let namespace = match change {
+            Change::None => return,
+            Change::All => None,
+            Change::One(key) => Some(
+                key.split_once('/')
+                    .map_or(key.clone(), |(ns, _)| ns.to_owned()),
+            ),
+        };
+        let touched: Vec<Target> = [Kind::HttpRoute, Kind::GrpcRoute]
+            .into_iter()
+            .flat_map(|kind| {
+                let namespace = namespace.clone();
+                self.routes(kind)
+                    .into_iter()
+                    .flat_map(Store::iter)
+                    .filter(move |(_, r)| match &namespace {
+                        Some(ns) => r.facts.refers_across_to(ns),
+                        None => true,
+                    })
+                    .map(move |(k, _)| (kind, k.clone()))
+            })
+            .collect();
+        self.dirty.extend(touched);
     }
 
     fn mark(&mut self, kind: Kind, change: Change) {
@@ -227,7 +282,7 @@ impl World {
     ) -> Result<Option<StatusPatch>, serde_json::Error> {
         let (kind, key) = target;
         if let Some(route) = self.routes(*kind).and_then(|s| s.get(key)) {
-            let parents = route_parents(&route.facts, &self.services, now)?;
+            let parents = route_parents(&route.facts, &self.services, &self.grants, now)?;
             return Ok(parents.map(|p| patch(route, json!({ "parents": p }))));
         }
         if let Some(policy) = self.policies(*kind).and_then(|s| s.get(key)) {
@@ -309,6 +364,8 @@ mod tests {
         for kind in [Kind::GrpcRoute, Kind::TrafficPolicy] {
             w.apply(Update::Absent(kind));
         }
+        w.apply(Update::Grant(Event::Init));
+        w.apply(Update::Grant(Event::InitDone));
         w.apply(Update::Service(Event::Init));
         w.apply(Update::Service(Event::InitApply(service(
             "shop", "reviews",
@@ -399,5 +456,71 @@ mod tests {
         assert_eq!(w.patch(&target, &at(2)).unwrap(), None);
         w.apply(Update::Object(Kind::HttpRoute, Event::Delete(written)));
         assert_eq!(w.patch(&target, &at(2)).unwrap(), None);
+    }
+
+    fn remote_route(name: &str, rv: &str) -> DynamicObject {
+        let mut r = http_route(name, "reviews", rv);
+        r.data["spec"]["rules"][0]["backendRefs"][0]["namespace"] = json!("other");
+        r
+    }
+
+    fn grant(ns: &str, from: &str) -> DynamicObject {
+        serde_json::from_value(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+            "metadata": {"name": "g", "namespace": ns},
+            "spec": {
+                "from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": from}],
+                "to": [{"group": "", "kind": "Service"}]
+            }
+        }))
+        .unwrap()
+    }
+
+    fn resolved_reason(w: &World, route: &str) -> Value {
+        let p = w
+            .patch(&(Kind::HttpRoute, format!("shop/{route}")), &at(3))
+            .unwrap()
+            .expect("a patch");
+        p.body["status"]["parents"][0]["conditions"][1]["reason"].clone()
+    }
+
+    #[test]
+    fn a_grant_marks_the_routes_into_its_namespace_and_permits_them() {
+        let mut w = world();
+        w.apply(Update::Service(Event::Apply(service("other", "reviews"))));
+        w.apply(Update::Object(
+            Kind::HttpRoute,
+            Event::Apply(remote_route("remote", "9")),
+        ));
+        w.take_dirty();
+        assert_eq!(resolved_reason(&w, "remote"), "RefNotPermitted");
+        // A grant in the route's own namespace concerns no route here.
+        w.apply(Update::Grant(Event::Apply(grant("shop", "shop"))));
+        assert!(!w.has_dirty());
+        w.apply(Update::Grant(Event::Apply(grant("other", "shop"))));
+        assert_eq!(
+            w.take_dirty(),
+            [(Kind::HttpRoute, "shop/remote".to_owned())]
+        );
+        assert_eq!(resolved_reason(&w, "remote"), "ResolvedRefs");
+        w.apply(Update::Grant(Event::Delete(grant("other", "shop"))));
+        assert_eq!(
+            w.take_dirty(),
+            [(Kind::HttpRoute, "shop/remote".to_owned())]
+        );
+        assert_eq!(resolved_reason(&w, "remote"), "RefNotPermitted");
+    }
+
+    #[test]
+    fn grants_not_listed_yet_hold_the_status_back() {
+        let mut w = World::default();
+        for kind in Kind::ALL {
+            w.apply(Update::Absent(kind));
+        }
+        w.apply(Update::Service(Event::Init));
+        w.apply(Update::Service(Event::InitDone));
+        assert!(!w.synced(), "a RefNotPermitted written now could be wrong");
+        w.apply(Update::GrantsAbsent);
+        assert!(w.synced());
     }
 }

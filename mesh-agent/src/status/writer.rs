@@ -1,5 +1,5 @@
 //! The status writer: while this replica leads, kube-rs watchers on the routes,
-//! the policies and the Services feed the [`World`]; after each change
+//! the policies, the Services and the ReferenceGrants feed the [`World`]; after each change
 //! (debounced) the objects it marks are queued, and each is patched when its
 //! computed status differs from the one it has, at most [`WRITES_PER_SECOND`].
 //! Losing the lead drops the watchers and everything learnt from them.
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use futures_util::stream::{self, BoxStream, StreamExt};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Patch, PatchParams};
-use kube::core::{ApiResource, DynamicObject};
+use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use serde_json::Value;
@@ -25,6 +25,7 @@ use tracing::{debug, info, warn};
 
 use super::FIELD_MANAGER;
 use super::conditions::time;
+use super::facts::GRANT_KIND;
 use super::rate::RateLimit;
 use super::world::{Kind, StatusPatch, Target, Update, World};
 use crate::identity::ca_server::limit::LogLimiter;
@@ -274,7 +275,34 @@ fn updates(client: &Client) -> BoxStream<'static, Update> {
         })
     });
     streams.push(services.boxed());
+    streams.push(grants(client));
     stream::select_all(streams).boxed()
+}
+
+/// ReferenceGrants decide `RefNotPermitted`; a cluster without the CRD has none.
+fn grants(client: &Client) -> BoxStream<'static, Update> {
+    let gvk = GroupVersionKind::gvk("gateway.networking.k8s.io", "v1beta1", GRANT_KIND);
+    let api = Api::<DynamicObject>::all_with(client.clone(), &ApiResource::from_gvk(&gvk));
+    let mut warned = false;
+    watcher(api, watcher::Config::default())
+        .default_backoff()
+        .filter_map(move |item| {
+            std::future::ready(match item {
+                Ok(event) => Some(Update::Grant(event)),
+                Err(e) if is_not_served(&e) => {
+                    if !warned {
+                        warn!(kind = GRANT_KIND, "the cluster does not serve this kind (CRD not installed?); no cross-namespace backend is permitted");
+                        warned = true;
+                    }
+                    Some(Update::GrantsAbsent)
+                }
+                Err(e) => {
+                    warn!(kind = GRANT_KIND, error = %e, "status writer's watch failed; retrying");
+                    None
+                }
+            })
+        })
+        .boxed()
 }
 
 fn is_not_served(e: &watcher::Error) -> bool {

@@ -16,7 +16,8 @@ pub struct Cache {
     pub pods: Mirror<Pod>,
     pub services: Mirror<Service>,
     pub endpoint_slices: Mirror<EndpointSlice>,
-    /// HTTPRoute, GRPCRoute, AuthorizationPolicy, TrafficPolicy: one mirror each.
+    /// HTTPRoute, GRPCRoute, ReferenceGrant, AuthorizationPolicy,
+    /// TrafficPolicy: one mirror each.
     pub checked: Vec<Mirror<Kept>>,
 }
 

@@ -9,7 +9,7 @@
 //!   Bookmarks are requested (kube-rs default).
 //! - While the API server is unreachable nothing is published: the last good
 //!   snapshot, and so the data path, stays as it is. Reconnecting relists.
-//! - Routes and policies get per-object verdicts ([`checked`]): an invalid one is
+//! - Routes, ReferenceGrants and policies get per-object verdicts ([`checked`]): an invalid one is
 //!   refused alone, logged, counted in `weft_config_rejected_total{kind}` and
 //!   listed by `mesh-agent status`.
 //! - A kind the cluster does not serve (Gateway API CRDs not installed) counts as
@@ -47,9 +47,10 @@ use crate::telemetry::Metrics;
 const DEBOUNCE: Duration = Duration::from_millis(50);
 
 /// The kinds checked object by object: (group, version, kind).
-const CHECKED_KINDS: [(&str, &str, &str); 4] = [
+const CHECKED_KINDS: [(&str, &str, &str); 5] = [
     ("gateway.networking.k8s.io", "v1", "HTTPRoute"),
     ("gateway.networking.k8s.io", "v1", "GRPCRoute"),
+    ("gateway.networking.k8s.io", "v1beta1", "ReferenceGrant"),
     ("weft.dev", "v1alpha1", "AuthorizationPolicy"),
     ("weft.dev", "v1alpha1", "TrafficPolicy"),
 ];

@@ -4,6 +4,7 @@
 pub mod cidr;
 pub mod duration;
 pub mod gateway;
+pub mod reference_grant;
 pub mod weft;
 
 pub use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
@@ -12,6 +13,7 @@ pub use k8s_openapi::api::discovery::v1::EndpointSlice;
 pub use cidr::IpBlock;
 pub use duration::GatewayDuration;
 pub use gateway::{GRPCRoute, HTTPRoute};
+pub use reference_grant::ReferenceGrant;
 pub use weft::{AuthorizationPolicy, TrafficPolicy};
 
 /// Namespace label that opts every pod of the namespace into the mesh (`enabled`).
@@ -31,6 +33,7 @@ pub struct ResourceSet {
     pub services: Vec<Service>,
     pub http_routes: Vec<HTTPRoute>,
     pub grpc_routes: Vec<GRPCRoute>,
+    pub reference_grants: Vec<ReferenceGrant>,
     pub authorization_policies: Vec<AuthorizationPolicy>,
     pub traffic_policies: Vec<TrafficPolicy>,
     /// In a cluster the endpoints are what the EndpointSlices say (`Some`); a file
@@ -49,6 +52,7 @@ pub enum Resource {
     Service(Service),
     HttpRoute(HTTPRoute),
     GrpcRoute(GRPCRoute),
+    ReferenceGrant(ReferenceGrant),
     AuthorizationPolicy(AuthorizationPolicy),
     TrafficPolicy(TrafficPolicy),
 }
@@ -61,6 +65,7 @@ impl ResourceSet {
             Resource::Service(x) => self.services.push(x),
             Resource::HttpRoute(x) => self.http_routes.push(x),
             Resource::GrpcRoute(x) => self.grpc_routes.push(x),
+            Resource::ReferenceGrant(x) => self.reference_grants.push(x),
             Resource::AuthorizationPolicy(x) => self.authorization_policies.push(x),
             Resource::TrafficPolicy(x) => self.traffic_policies.push(x),
         }

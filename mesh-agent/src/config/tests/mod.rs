@@ -1,4 +1,5 @@
 mod bad_inputs;
+mod grants;
 mod limits;
 mod roundtrip;
 mod watch;

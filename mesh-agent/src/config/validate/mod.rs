@@ -1,10 +1,11 @@
-//! Validation of typed resources: per resource ([`core`], [`routes`], [`policies`])
+//! Validation of typed resources: per resource ([`core`], [`routes`], [`grants`], [`policies`])
 //! and across resources ([`cross`]). Every check reports the field path and says
 //! what would be valid.
 
 mod core;
 mod cross;
 mod fields;
+mod grants;
 mod policies;
 mod routes;
 
@@ -62,6 +63,7 @@ fn check_one(r: &Resource, origin: &Origin, errors: &mut Vec<ConfigError>) {
         Resource::Service(x) => core::service(&mut ck, x),
         Resource::HttpRoute(x) => routes::http_route(&mut ck, x),
         Resource::GrpcRoute(x) => routes::grpc_route(&mut ck, x),
+        Resource::ReferenceGrant(x) => grants::reference_grant(&mut ck, x),
         Resource::AuthorizationPolicy(x) => policies::authorization(&mut ck, x),
         Resource::TrafficPolicy(x) => policies::traffic(&mut ck, x),
     }
