@@ -21,6 +21,9 @@ enum Command {
     Check(mesh_agent::check::CheckArgs),
     /// Show what a running agent holds (generation, workloads).
     Status(mesh_agent::cli::status::StatusArgs),
+    /// Show a running agent's HTTPRoutes and GRPCRoutes with their status
+    /// (Accepted, ResolvedRefs), as the cluster's route status would say.
+    Routes(mesh_agent::cli::routes::RoutesArgs),
     /// Stream a running agent's HTTP/gRPC requests as they finish, like `linkerd viz tap`.
     Tap(mesh_agent::cli::tap::TapArgs),
     /// Validate configuration files, or dump a running agent's state.
@@ -50,6 +53,7 @@ fn main() -> ExitCode {
         Command::Run(args) => mesh_agent::run::main(*args).map(|()| ExitCode::SUCCESS),
         Command::Check(args) => mesh_agent::check::main(args),
         Command::Status(args) => Ok(mesh_agent::cli::status::run(args)),
+        Command::Routes(args) => Ok(mesh_agent::cli::routes::run(args)),
         Command::Tap(args) => Ok(mesh_agent::cli::tap::run(args)),
         Command::Config { command } => Ok(mesh_agent::cli::config_cmd::run(command)),
         Command::Certs(args) => Ok(mesh_agent::cli::certs::run(args)),

@@ -1,5 +1,5 @@
 //! The admin HTTP server (docs/architecture.md, "The agent", `127.0.0.1:15000`): `/ready`, `/config_dump`,
-//! `/workloads`, `/certs`, `/enrolment_failures`. Built on hyper 1 with a small [`Router`] rather than axum: three
+//! `/workloads`, `/routes` (route status over the snapshot), `/certs`, `/enrolment_failures`. Built on hyper 1 with a small [`Router`] rather than axum: three
 //! read-only JSON endpoints do not need tower's middleware stack, and the proxy
 //! already depends on hyper.
 
@@ -50,7 +50,8 @@ pub fn probes_router(ready: Arc<AtomicBool>) -> Router {
 /// The standard endpoints. Add more with [`Router::get`] and serve with [`serve_router`].
 pub fn router(handle: StateHandle, ready: Arc<AtomicBool>) -> Router {
     let h1 = handle.clone();
-    let h2 = handle;
+    let h2 = handle.clone();
+    let h3 = handle;
     probes_router(ready)
         .get("/config_dump", move |_| {
             let snapshot = h1.current();
@@ -62,6 +63,13 @@ pub fn router(handle: StateHandle, ready: Arc<AtomicBool>) -> Router {
                 let list: Vec<&crate::state::Workload> =
                     snapshot.workloads().map(|w| &**w).collect();
                 with_generation(json(&list), snapshot.generation)
+            }
+        })
+        .get("/routes", move |_| {
+            let snapshot = h3.current();
+            async move {
+                let routes = crate::status::local::routes(&snapshot);
+                with_generation(json(&routes), snapshot.generation)
             }
         })
 }

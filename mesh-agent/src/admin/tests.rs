@@ -87,3 +87,19 @@ async fn status_table_lists_workloads() {
     assert!(table.contains("shop       frontend-7d9f-a"), "{table}");
     task.abort();
 }
+
+#[tokio::test]
+async fn routes_are_the_status_verdicts_over_the_current_snapshot() {
+    use crate::status::local::{RouteReport, routes};
+    let (addr, handle, _r, task) = start().await;
+    let (list, generation): (Vec<RouteReport>, _) =
+        client::get_json(&addr, "/routes").await.expect("routes");
+    assert_eq!(generation, Some(1));
+    assert_eq!(list, routes(&handle.current()));
+    assert!(!list.is_empty(), "examples/mesh.yaml has routes");
+    handle.replace(Snapshot::default());
+    let (list, _): (Vec<RouteReport>, _) =
+        client::get_json(&addr, "/routes").await.expect("routes");
+    assert!(list.is_empty());
+    task.abort();
+}

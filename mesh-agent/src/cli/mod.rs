@@ -5,6 +5,7 @@ use clap::ValueEnum;
 pub mod certs;
 pub mod config_cmd;
 pub mod crds;
+pub mod routes;
 pub mod status;
 pub mod tap;
 

@@ -5,6 +5,8 @@
 //!   namespace (15 s leases, renewed every 5 s);
 //! - [`routes`], [`policies`]: the status of one object (pure), from the
 //!   [`facts`] read off it (the agents' own verdict, its references);
+//! - [`local`]: the same route verdicts over an agent's own snapshot, for
+//!   `mesh-agent routes`;
 //! - [`world`]: the watched objects and Services, and which statuses to look
 //!   at again after a change (pure); [`store`] one kind's objects;
 //! - [`writer`]: while leading, the watchers and the rate-limited writes
@@ -16,6 +18,7 @@
 pub mod conditions;
 pub mod facts;
 pub mod leader;
+pub mod local;
 pub mod policies;
 pub mod rate;
 pub mod routes;
