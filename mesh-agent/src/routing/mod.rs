@@ -136,7 +136,7 @@ pub fn route<'a>(
     let exists = snapshot
         .service(&backend.service)
         .is_some_and(|s| s.ports.iter().any(|p| p.port == backend.port));
-    // Across namespaces only with a ReferenceGrant there (docs/security.md).
+    // Across namespaces only with a ReferenceGrant there (docs/config.md, "ReferenceGrant").
     let permitted = snapshot.reference_permitted(
         matched.route.kind,
         &matched.route.key.namespace,

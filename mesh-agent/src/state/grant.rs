@@ -1,7 +1,7 @@
 //! ReferenceGrants, and the one question the mesh asks of them: may a route of
-//! one namespace send traffic to a Service of another (docs/security.md,
-//! "Routes across namespaces")? Pure, shared by routing, the route status the
-//! CA writes, and `mesh-agent routes`, so that all three agree.
+//! one namespace send traffic to a Service of another (docs/config.md,
+//! "ReferenceGrant")? Pure, shared by routing, the route status the CA writes,
+//! and `mesh-agent routes`, so that all three agree.
 
 use serde::{Deserialize, Serialize};
 
