@@ -31,8 +31,8 @@ const EBPF_PACKAGES: &[&str] = &[
 /// Tools the lab, the tests and the demo run: iproute2 (ip, bridge), util-linux
 /// (nsenter, setpriv, mount), curl and tcpdump as real clients and captures,
 /// procps (sysctl) for the bench's pods; the bench's Envoy comparison runs
-/// wrk and signs Envoy's certificates with openssl (Envoy itself is installed
-/// by `cargo xtask bench`, not here).
+/// wrk (HTTP/1.1) and h2load (h2c) and signs Envoy's certificates with openssl
+/// (Envoy itself is installed by `cargo xtask bench`, not here).
 const LAB_PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("bridge", "iproute2"),
@@ -42,6 +42,7 @@ const LAB_PACKAGES: &[(&str, &str)] = &[
     ("curl", "curl"),
     ("tcpdump", "tcpdump"),
     ("wrk", "wrk"),
+    ("h2load", "nghttp2-client"),
     ("openssl", "openssl"),
 ];
 /// What `cargo xtask image` builds the image with (umoci) and the tests check it
@@ -55,6 +56,7 @@ pub fn run() -> Result<()> {
     image_tools()?;
     kube_binaries()?;
     crate::fuzz::tools()?;
+    python_packages()?;
     println!("setup: everything is in place");
     Ok(())
 }
@@ -176,6 +178,31 @@ fn kube_binaries() -> Result<()> {
     println!("kubernetes binaries: {}", bin.display());
     remove_older_kube_builds(&bin);
     Ok(())
+}
+
+/// grpcio and websockets from PyPI, pinned, for the L7 protocol tests'
+/// clients and servers (`lab::python`); pip comes with Debian's python3-pip.
+fn python_packages() -> Result<()> {
+    if lab::python::packages_dir().is_ok_and(|d| d.is_dir()) {
+        return Ok(());
+    }
+    if which("python3").is_none() || !pip_runs() {
+        Apt::default().install(&["python3", "python3-pip"])?;
+    }
+    println!(
+        "\n==> install {} (PyPI) for the L7 protocol tests",
+        lab::python::PACKAGES.join(" ")
+    );
+    let dir = lab::python::install()?;
+    println!("python packages: {}", dir.display());
+    Ok(())
+}
+
+fn pip_runs() -> bool {
+    Command::new("python3")
+        .args(["-m", "pip", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 /// Binaries of earlier recipes (other keys beside ours) are ~450 MB each.

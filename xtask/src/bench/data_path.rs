@@ -9,11 +9,10 @@
 use anyhow::{Context, Result, bail};
 use lab::MeshLab;
 
-use super::{DIRECT_CLIENT, DIRECT_SERVER, MESH_CLIENT, MESH_SERVER, SINK_PORT, bench_lab};
-
-/// The echo servers every lab pod runs on its container ports.
-const DIRECT_ECHO_PORT: u16 = 8000;
-const MESH_ECHO_PORT: u16 = 9080;
+use super::{
+    DIRECT_CLIENT, DIRECT_ECHO_PORT, DIRECT_SERVER, MESH_CLIENT, MESH_ECHO_PORT, MESH_SERVER,
+    SINK_PORT, bench_lab,
+};
 
 /// One path's figures (`None`: not measured on that path).
 #[derive(Default, Clone, Copy)]

@@ -3,9 +3,10 @@
 //! One Envoy per node: A in node-a's netns takes the client pod's plaintext
 //! and opens mutual TLS 1.3 to B in node-b's netns, which forwards to the
 //! server pod. Each side verifies the other's URI SAN, as Weft's tunnel does
-//! (docs/security.md). Three listener pairs: L4 (`tcp_proxy`) for requests and
-//! for bulk, and L7 (HTTP connection manager: HTTP/1.1 from the client,
-//! HTTP/2 between the Envoys, HTTP/1.1 to the server).
+//! (docs/security.md). Four listener pairs: L4 (`tcp_proxy`) for requests and
+//! for bulk, and L7 (HTTP connection manager, HTTP/2 between the Envoys) twice:
+//! HTTP/1.1 from the client and to the server, and h2c from the client and to
+//! the server — the protocol the app spoke, as Weft's L7 path forwards it.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::Path;
@@ -27,26 +28,24 @@ pub struct Layout {
     pub a: Ipv4Addr,
     /// Envoy B's address for Envoy A (node-b's underlay address).
     pub b: Ipv4Addr,
-    /// The server pod: its HTTP server and its sink.
+    /// The server pod: its HTTP/1.1 server, its sink, and its echo server
+    /// (which speaks h2c).
     pub http: SocketAddrV4,
     pub sink: SocketAddrV4,
+    pub echo: SocketAddrV4,
 }
 
 pub const L4_HTTP_PORT: u16 = 15101;
 pub const L4_BULK_PORT: u16 = 15102;
 pub const L7_PORT: u16 = 15201;
+pub const L7_H2_PORT: u16 = 15202;
 
 /// Envoy A: plaintext listeners for the client pod, mTLS clusters to B.
 pub fn config_a(at: &Layout, tls: &Tls) -> Value {
     let peer = |port| SocketAddrV4::new(at.b, port);
-    let mut l7_cluster = cluster("peer_l7", peer(L7_PORT), Some(upstream_tls(tls, &["h2"])));
     // HTTP/2 between the pair, one connection multiplexing every request.
-    l7_cluster["typed_extension_protocol_options"] = json!({
-        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-            "explicit_http_config": { "http2_protocol_options": {} }
-        }
-    });
+    let l7_cluster =
+        |name, port| http2(cluster(name, peer(port), Some(upstream_tls(tls, &["h2"]))));
     bootstrap(
         vec![
             listener(
@@ -67,6 +66,12 @@ pub fn config_a(at: &Layout, tls: &Tls) -> Value {
                 http_manager("peer_l7", "HTTP1"),
                 None,
             ),
+            listener(
+                "l7_h2",
+                SocketAddrV4::new(at.a, L7_H2_PORT),
+                http_manager("peer_l7_h2", "HTTP2"),
+                None,
+            ),
         ],
         vec![
             cluster(
@@ -79,7 +84,8 @@ pub fn config_a(at: &Layout, tls: &Tls) -> Value {
                 peer(L4_BULK_PORT),
                 Some(upstream_tls(tls, &[])),
             ),
-            l7_cluster,
+            l7_cluster("peer_l7", L7_PORT),
+            l7_cluster("peer_l7_h2", L7_H2_PORT),
         ],
     )
 }
@@ -108,10 +114,18 @@ pub fn config_b(at: &Layout, tls: &Tls) -> Value {
                 http_manager("server_http", "AUTO"),
                 Some(downstream_tls(tls, &["h2"])),
             ),
+            listener(
+                "l7_h2",
+                own(L7_H2_PORT),
+                http_manager("server_echo_h2", "AUTO"),
+                Some(downstream_tls(tls, &["h2"])),
+            ),
         ],
         vec![
             cluster("server_http", at.http, None),
             cluster("server_sink", at.sink, None),
+            // h2c to the server, as the client spoke.
+            http2(cluster("server_echo_h2", at.echo, None)),
         ],
     )
 }
@@ -165,6 +179,17 @@ fn http_manager(cluster: &str, codec: &str) -> Value {
             }]
         }
     })
+}
+
+/// `cluster` speaking HTTP/2 (h2c when it has no TLS) to its endpoint.
+fn http2(mut cluster: Value) -> Value {
+    cluster["typed_extension_protocol_options"] = json!({
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": { "http2_protocol_options": {} }
+        }
+    });
+    cluster
 }
 
 fn cluster(name: &str, to: SocketAddrV4, tls: Option<Value>) -> Value {
@@ -241,6 +266,7 @@ mod tests {
             b: Ipv4Addr::new(10, 89, 0, 2),
             http: "10.88.2.13:8088".parse().unwrap(),
             sink: "10.88.2.13:9999".parse().unwrap(),
+            echo: "10.88.2.13:8000".parse().unwrap(),
         }
     }
 
@@ -290,7 +316,7 @@ mod tests {
         for (config, peer, upstream) in [(&config_a, server, true), (&config_b, client, false)] {
             let mut contexts = Vec::new();
             tls_contexts(config, &mut contexts);
-            assert_eq!(contexts.len(), 3, "{config:#}");
+            assert_eq!(contexts.len(), 4, "{config:#}");
             for ctx in contexts {
                 let common = &ctx["common_tls_context"];
                 assert_eq!(
@@ -341,10 +367,31 @@ mod tests {
         assert_eq!(endpoint(&config_a, "peer_l7"), "10.89.0.2:15201");
         assert_eq!(endpoint(&config_b, "server_http"), "10.88.2.13:8088");
         assert_eq!(endpoint(&config_b, "server_sink"), "10.88.2.13:9999");
-        let clusters = config_a["static_resources"]["clusters"].as_array().unwrap();
-        let l7 = clusters.iter().find(|c| c["name"] == "peer_l7").unwrap();
-        assert!(l7.to_string().contains("http2_protocol_options"));
-        assert!(l7.to_string().contains("\"h2\""));
+        assert_eq!(endpoint(&config_a, "peer_l7_h2"), "10.89.0.2:15202");
+        assert_eq!(endpoint(&config_b, "server_echo_h2"), "10.88.2.13:8000");
+        let cluster = |config: &Value, name: &str| {
+            let clusters = config["static_resources"]["clusters"].as_array().unwrap();
+            clusters
+                .iter()
+                .find(|c| c["name"] == name)
+                .unwrap()
+                .to_string()
+        };
+        for name in ["peer_l7", "peer_l7_h2"] {
+            let c = cluster(&config_a, name);
+            assert!(c.contains("http2_protocol_options"), "{c}");
+            assert!(c.contains("\"h2\""), "{c}");
+        }
+        // To the server: HTTP/1.1 for the HTTP/1.1 pair, h2c for the h2 pair.
+        assert!(!cluster(&config_b, "server_http").contains("http2_protocol_options"));
+        assert!(cluster(&config_b, "server_echo_h2").contains("http2_protocol_options"));
+        let codec = |config: &Value, listener: &str| {
+            let listeners = config["static_resources"]["listeners"].as_array().unwrap();
+            let l = listeners.iter().find(|l| l["name"] == listener).unwrap();
+            l["filter_chains"][0]["filters"][0]["typed_config"]["codec_type"].clone()
+        };
+        assert_eq!(codec(&config_a, "l7"), "HTTP1");
+        assert_eq!(codec(&config_a, "l7_h2"), "HTTP2");
         let listeners = config_a["static_resources"]["listeners"]
             .as_array()
             .unwrap();

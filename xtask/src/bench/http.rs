@@ -1,15 +1,15 @@
-//! The comparison's request workload: `wrk` (HTTP/1.1 keep-alive GETs of a
-//! 1 KiB response from `weft-load http`) run in a client pod, and the parsing of
-//! its report.
+//! The comparison's HTTP/1.1 workload: `wrk` (keep-alive GETs of a 1 KiB
+//! response from `weft-load http`) run in a client pod, and the parsing of its
+//! report. The h2c workload: h2load.rs.
 
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use lab::Pod;
 
-/// What one wrk run measured.
+/// What one load run (wrk or h2load) measured.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
-pub struct WrkRun {
+pub struct LoadRun {
     pub requests: u64,
     pub per_sec: f64,
     pub p50_us: f64,
@@ -21,7 +21,7 @@ pub struct WrkRun {
 /// one thread (the machine has two cores, shared with the proxies and the
 /// server). Fails on socket errors or non-2xx answers: a proxy refusing
 /// requests must not pass for a fast one.
-pub fn wrk(client: &Pod, url: &str, conns: u32, duration: Duration) -> Result<WrkRun> {
+pub fn wrk(client: &Pod, url: &str, conns: u32, duration: Duration) -> Result<LoadRun> {
     let out = client
         .command("wrk")
         .args(["--threads", "1", "--latency", "--timeout", "5s"])
@@ -42,7 +42,7 @@ pub fn wrk(client: &Pod, url: &str, conns: u32, duration: Duration) -> Result<Wr
 }
 
 /// Reads wrk's `--latency` report.
-pub fn parse_wrk(text: &str) -> Result<WrkRun> {
+pub fn parse_wrk(text: &str) -> Result<LoadRun> {
     if let Some(line) = text
         .lines()
         .find(|l| l.contains("Non-2xx or 3xx responses"))
@@ -69,7 +69,7 @@ pub fn parse_wrk(text: &str) -> Result<WrkRun> {
         .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
         .and_then(|v| v.trim().parse().ok())
         .context("no Requests/sec")?;
-    Ok(WrkRun {
+    Ok(LoadRun {
         requests,
         per_sec,
         p50_us: percentile("50%")?,
@@ -117,7 +117,7 @@ Transfer/sec:     21.75MB
         let run = parse_wrk(REPORT).unwrap();
         assert_eq!(
             run,
-            WrkRun {
+            LoadRun {
                 requests: 197012,
                 per_sec: 19700.52,
                 p50_us: 765.0,

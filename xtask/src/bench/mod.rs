@@ -8,15 +8,19 @@
 //!   tool against the same kind of server across nodes, directly and through
 //!   both agents with the tunnel in plaintext, in mTLS, and in mTLS with a new
 //!   TLS connection per stream.
-//! - Weft against Envoy (compare.rs): wrk over direct, Weft L4, an Envoy L4
+//! - Weft against Envoy (compare.rs): wrk (HTTP/1.1) and h2load (h2c) over
+//!   direct, Weft L4, Weft L7 (a Service port declared HTTP), an Envoy L4
 //!   pair and an Envoy L7 pair; the report is written to
 //!   `target/bench/report.md` and printed.
 
+mod budgets;
 mod compare;
 mod data_path;
 mod envoy;
 mod envoy_config;
+mod h2load;
 mod http;
+mod l7_service;
 mod procs;
 mod report;
 
@@ -36,6 +40,10 @@ const MESH_SERVER: &str = "reviews-v1-5c4b-b";
 const SINK_PORT: u16 = 9999;
 /// `weft-load http` on both servers: wrk's target.
 const HTTP_PORT: u16 = 8088;
+/// The echo servers every lab pod runs on its container ports (HTTP/1.1 and
+/// h2c too: h2load's target).
+const DIRECT_ECHO_PORT: u16 = 8000;
+const MESH_ECHO_PORT: u16 = 9080;
 
 /// What `cargo xtask bench` measures.
 #[derive(clap::Args)]
@@ -53,6 +61,10 @@ pub struct BenchArgs {
     /// Skip the comparison with Envoy.
     #[arg(long)]
     no_envoy: bool,
+    /// Only the L7 comparison (issue 14): direct, Weft L4, Weft L7 and the
+    /// Envoy L7 pair, over HTTP/1.1 and h2c; no Envoy L4 pair, no bulk.
+    #[arg(long, conflicts_with_all = ["no_envoy", "envoy_only"])]
+    l7_only: bool,
     /// Rounds of every data-path measurement; medians are reported.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
     reps: u64,
@@ -82,7 +94,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         release_binaries()?;
         return crate::bench_kube::run();
     }
-    if !args.data_path_only && !args.envoy_only {
+    let comparison_only = args.envoy_only || args.l7_only;
+    if !args.data_path_only && !comparison_only {
         step(
             "state: snapshot of 10k Services, 100k Pods, 10k HTTPRoutes",
             cargo().args(["bench", "-p", "mesh-agent", "--bench", "state_build"]),
@@ -91,7 +104,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     release_binaries()?;
     let reps = args.reps as usize;
     let mut failed = Vec::new();
-    if !args.envoy_only {
+    if !comparison_only {
         let figures = data_path::measure_all(&args.agent_args, reps)?;
         failed.extend(data_path::print_report(&figures));
     }
@@ -104,6 +117,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 workers: args.workers as usize,
             },
             agent_args: &args.agent_args,
+            l7_only: args.l7_only,
         })?;
         let dir = workspace_root().join("target/bench");
         std::fs::create_dir_all(&dir)?;

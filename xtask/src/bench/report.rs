@@ -1,8 +1,11 @@
 //! The comparison's report: medians per path, Weft's figures as ratios to the
-//! Envoy L4 pair's, and the budgets of issue 15 as PASS/FAIL lines. Pure, so
-//! the arithmetic is tested apart from the lab.
+//! Envoy pair doing the same job (L4 to tcp_proxy, L7 to the HTTP pair, per
+//! protocol) and Weft L7 to Weft L4, and the budgets (budgets.rs) as
+//! PASS/FAIL lines. Pure, so the arithmetic is tested apart from the lab.
 
 use std::fmt::Write;
+
+use super::budgets;
 
 /// One path's figures for one rep, or their medians. NaN: not measured on
 /// this path (no proxy on the direct path; no bulk through the L7 pair).
@@ -80,12 +83,57 @@ pub fn median(reps: &[Figures]) -> Figures {
     out
 }
 
-/// A path's row: its name, median figures and the RSS of its proxies after
-/// the bench (bytes, NaN for none).
-pub struct Row<'a> {
-    pub path: &'a str,
+/// Which proxies a path goes through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Direct,
+    WeftL4,
+    EnvoyL4,
+    WeftL7,
+    EnvoyL7,
+}
+
+/// The protocol the client speaks (and the server answers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    /// HTTP/1.1 keep-alive, wrk against `weft-load http`.
+    H1,
+    /// HTTP/2 with prior knowledge, one stream per connection, h2load
+    /// against the echo server.
+    H2,
+}
+
+/// A path's name in the report.
+pub fn name(kind: Kind, proto: Proto) -> String {
+    let path = match kind {
+        Kind::Direct => "direct",
+        Kind::WeftL4 => "Weft L4 (mTLS)",
+        Kind::EnvoyL4 => "Envoy L4 (tcp_proxy, mTLS)",
+        Kind::WeftL7 => "Weft L7 (mTLS)",
+        Kind::EnvoyL7 => "Envoy L7 (HTTP/2 mTLS)",
+    };
+    format!("{path}, {}", proto_name(proto))
+}
+
+pub fn proto_name(proto: Proto) -> &'static str {
+    match proto {
+        Proto::H1 => "HTTP/1.1",
+        Proto::H2 => "h2c",
+    }
+}
+
+/// A path's row: what it is, its median figures and the RSS of its proxies
+/// after the bench (bytes, NaN for none).
+pub struct Row {
+    pub kind: Kind,
+    pub proto: Proto,
     pub figures: Figures,
     pub rss_bytes: f64,
+}
+
+/// The row of `kind` over `proto`, if the run measured it.
+pub fn find(rows: &[Row], kind: Kind, proto: Proto) -> Option<&Row> {
+    rows.iter().find(|r| r.kind == kind && r.proto == proto)
 }
 
 /// What the report was measured with, for its heading.
@@ -96,17 +144,19 @@ pub struct Setup {
     pub workers: usize,
 }
 
-/// The report (markdown) and the budgets that failed. `rows` are direct,
-/// Weft L4, Envoy L4, Envoy L7; the budgets compare rows 1 and 2.
+/// The report (markdown) and the budgets that failed (budgets.rs).
 pub fn render(setup: &Setup, rows: &[Row]) -> (String, Vec<String>) {
     let mut md = String::new();
     let _ = writeln!(
         md,
         "# Weft against Envoy\n\n\
-         wrk HTTP/1.1 keep-alive GET of a 1 KiB response, 16 and 1 connections, \
-         {secs} s each; single-stream bulk of {mib} MiB; {workers} worker thread(s) per \
-         agent and `--concurrency {workers}` per Envoy; medians of {reps} interleaved \
-         rep(s). CPU and RSS: both proxies of a path (the two agents, or the two Envoys).\n",
+         GET of a 1 KiB response at 16 and 1 connections, {secs} s each: HTTP/1.1 \
+         keep-alive with wrk against `weft-load http`, and h2c (prior knowledge, one \
+         stream per connection) with h2load against the echo server; single-stream \
+         bulk of {mib} MiB; {workers} worker thread(s) per agent and `--concurrency \
+         {workers}` per Envoy; medians of {reps} interleaved rep(s). CPU and RSS: both \
+         proxies of a path (the two agents, or the two Envoys); added p50: over the \
+         direct path of the same protocol.\n",
         secs = setup.secs,
         mib = setup.bulk_mib,
         workers = setup.workers,
@@ -120,84 +170,41 @@ pub fn render(setup: &Setup, rows: &[Row]) -> (String, Vec<String>) {
     }
     let _ = writeln!(md, "{heading}\n{rule}");
     for row in rows {
-        let _ = write!(md, "| {} |", row.path);
+        let _ = write!(md, "| {} |", name(row.kind, row.proto));
         for (_, get) in COLUMNS {
             let _ = write!(md, " {} |", number(get(&row.figures)));
         }
         let _ = writeln!(md, " {} |", number(row.rss_bytes / 1e6));
     }
-    let (Some(weft), Some(envoy)) = (rows.get(1), rows.get(2)) else {
-        return (
-            md,
-            vec!["the report needs the Weft and Envoy L4 rows".into()],
-        );
-    };
-    let _ = write!(md, "| Weft L4 ÷ Envoy L4 |");
-    for (_, get) in COLUMNS {
-        let _ = write!(md, " {} |", ratio(get(&weft.figures), get(&envoy.figures)));
-    }
-    let _ = writeln!(md, " {} |", ratio(weft.rss_bytes, envoy.rss_bytes));
-    let _ = writeln!(
-        md,
-        "\nWeft's L7 figures will be compared with the Envoy L7 pair once Weft proxies HTTP.\n"
-    );
-
-    let (w, e) = (&weft.figures, &envoy.figures);
-    let budgets = [
-        (
-            "L4 mTLS req/s at 16 conns ≥ 1.4× Envoy L4",
-            w.req_per_sec / e.req_per_sec,
-            1.4,
-            true,
-        ),
-        (
-            "CPU per 1,000 requests ≤ 0.65× Envoy L4",
-            w.cpu_per_1k_req / e.cpu_per_1k_req,
-            0.65,
-            false,
-        ),
-        (
-            "added p50 at 1 conn ≤ 0.5× Envoy L4",
-            w.added_p50_us / e.added_p50_us,
-            0.5,
-            false,
-        ),
-        (
-            "single-stream bulk ≥ 1.25× Envoy L4",
-            w.bulk_gbit_s / e.bulk_gbit_s,
-            1.25,
-            true,
-        ),
-        (
-            "CPU per GB ≤ 0.75× Envoy L4",
-            w.cpu_per_gb / e.cpu_per_gb,
-            0.75,
-            false,
-        ),
+    let pairs = [
+        (Kind::WeftL4, Kind::EnvoyL4, "Weft L4 ÷ Envoy L4"),
+        (Kind::WeftL7, Kind::EnvoyL7, "Weft L7 ÷ Envoy L7"),
+        (Kind::WeftL7, Kind::WeftL4, "Weft L7 ÷ Weft L4"),
     ];
-    let _ = writeln!(md, "## Budgets (issue 15)\n");
-    let mut failed = Vec::new();
-    for (name, value, limit, at_least) in budgets {
-        // NaN (a figure missing, or Envoy adding no latency) fails.
-        let ok = if at_least {
-            value >= limit
-        } else {
-            value <= limit
-        };
-        let _ = writeln!(md, "- {}  {name}: {value:.2}×", verdict(ok));
-        if !ok {
-            failed.push(name.to_owned());
+    for proto in [Proto::H1, Proto::H2] {
+        for (a, b, label) in pairs {
+            let (Some(a), Some(b)) = (find(rows, a, proto), find(rows, b, proto)) else {
+                continue;
+            };
+            let _ = write!(md, "| {label}, {} |", proto_name(proto));
+            for (_, get) in COLUMNS {
+                let _ = write!(md, " {} |", ratio(get(&a.figures), get(&b.figures)));
+            }
+            let _ = writeln!(md, " {} |", ratio(a.rss_bytes, b.rss_bytes));
         }
     }
-    let agents_mb = weft.rss_bytes / 1e6;
-    let ok = agents_mb <= 30.0;
-    let _ = writeln!(
-        md,
-        "- {}  both agents ≤ 30 MB RSS after the bench: {agents_mb:.1} MB",
-        verdict(ok)
-    );
-    if !ok {
-        failed.push("both agents ≤ 30 MB RSS".to_owned());
+
+    let budgets = budgets::of(rows);
+    let _ = writeln!(md, "\n## Budgets (issues 14 and 15)\n");
+    let mut failed = Vec::new();
+    for b in &budgets {
+        let _ = writeln!(md, "- {}  {}: {}", verdict(b.ok()), b.name, b.value_text());
+        if !b.ok() {
+            failed.push(b.name.clone());
+        }
+    }
+    if budgets.is_empty() {
+        failed.push("the report holds no pair of paths to compare".to_owned());
     }
     (md, failed)
 }
@@ -266,54 +273,76 @@ mod tests {
         assert!(median(&[]).req_per_sec.is_nan());
     }
 
+    fn row(kind: Kind, proto: Proto, figures: Figures, rss_bytes: f64) -> Row {
+        Row {
+            kind,
+            proto,
+            figures,
+            rss_bytes,
+        }
+    }
+
     #[test]
-    fn budgets_are_ratios_to_the_envoy_l4_pair() {
-        let rows = |weft: Figures, rss: f64| {
-            vec![
-                Row {
-                    path: "direct",
-                    figures: figures(30e3, f64::NAN, 0.0, 20.0, f64::NAN),
-                    rss_bytes: f64::NAN,
-                },
-                Row {
-                    path: "Weft L4",
-                    figures: weft,
-                    rss_bytes: rss,
-                },
-                Row {
-                    path: "Envoy L4",
-                    figures: figures(10e3, 1.0, 100.0, 4.0, 2.0),
-                    rss_bytes: 60e6,
-                },
-                Row {
-                    path: "Envoy L7",
-                    figures: figures(8e3, 1.5, 150.0, f64::NAN, f64::NAN),
-                    rss_bytes: 60e6,
-                },
-            ]
-        };
-        let (md, failed) = render(&setup(), &rows(figures(15e3, 0.6, 40.0, 6.0, 1.2), 25e6));
-        assert!(failed.is_empty(), "{failed:?}\n{md}");
+    fn rows_ratios_and_budgets_of_the_paths_measured() {
+        let l7 = |req| figures(req, 1.0, 100.0, f64::NAN, f64::NAN);
+        let mut rows = vec![
+            row(
+                Kind::Direct,
+                Proto::H1,
+                figures(30e3, f64::NAN, 0.0, 20.0, f64::NAN),
+                f64::NAN,
+            ),
+            row(
+                Kind::WeftL4,
+                Proto::H1,
+                figures(15e3, 0.5, 40.0, 6.0, 1.2),
+                25e6,
+            ),
+            row(
+                Kind::EnvoyL4,
+                Proto::H1,
+                figures(10e3, 1.0, 100.0, 4.0, 2.0),
+                60e6,
+            ),
+            row(Kind::WeftL7, Proto::H1, l7(20e3), 25e6),
+            row(Kind::EnvoyL7, Proto::H1, l7(8e3), 60e6),
+        ];
+        let (md, failed) = render(&setup(), &rows);
+        assert!(md.contains("| direct, HTTP/1.1 | 30000 |"), "{md}");
+        assert!(md.contains("| 100 | 0 | 20.00 | – | – |"), "{md}");
+        assert!(
+            md.contains("| Weft L4 ÷ Envoy L4, HTTP/1.1 | 1.50× |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| Weft L7 ÷ Envoy L7, HTTP/1.1 | 2.50× |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| Weft L7 ÷ Weft L4, HTTP/1.1 | 1.33× |"),
+            "{md}"
+        );
+        assert!(!md.contains("h2c |"), "no h2c row measured: {md}");
         assert!(
             md.contains("- PASS  L4 mTLS req/s at 16 conns ≥ 1.4× Envoy L4: 1.50×"),
             "{md}"
         );
-        assert!(md.contains("| Weft L4 ÷ Envoy L4 | 1.50× |"), "{md}");
-        assert!(md.contains("| direct | 30000 |"), "{md}");
-        assert!(md.contains("| 100 | 0 | 20.00 | – | – |"), "{md}");
-
-        // Just over each limit, and over the memory budget.
-        let (md, failed) = render(&setup(), &rows(figures(13.9e3, 0.66, 51.0, 4.9, 1.6), 31e6));
-        assert_eq!(failed.len(), 6, "{failed:?}\n{md}");
         assert!(
-            md.contains("- FAIL  both agents ≤ 30 MB RSS after the bench: 31.0 MB"),
+            md.contains("- FAIL  L7 HTTP/1.1 CPU per 1,000 requests ≤ 0.5× Envoy L7: 1.00×"),
             "{md}"
         );
-        // A figure that is missing fails rather than passes.
-        let (_, failed) = render(
-            &setup(),
-            &rows(figures(f64::NAN, 0.6, 40.0, 6.0, 1.2), 25e6),
+        assert_eq!(
+            failed,
+            [
+                "L7 HTTP/1.1 CPU per 1,000 requests ≤ 0.5× Envoy L7",
+                "L7 HTTP/1.1 added p50 at 1 conn ≤ ⅓× Envoy L7",
+                "L7 HTTP/1.1 CPU per request ≤ 1.25× Weft L4 HTTP/1.1",
+            ]
         );
-        assert_eq!(failed, ["L4 mTLS req/s at 16 conns ≥ 1.4× Envoy L4"]);
+
+        // Nothing to compare is a failure, not a pass.
+        rows.retain(|r| r.kind == Kind::Direct);
+        let (_, failed) = render(&setup(), &rows);
+        assert_eq!(failed, ["the report holds no pair of paths to compare"]);
     }
 }
