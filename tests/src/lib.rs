@@ -23,6 +23,7 @@ mod mesh;
 mod names;
 mod node;
 mod pod;
+pub mod python;
 mod topology;
 
 pub use agent::{Agent, agent_binary, load_binary};
