@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use crate::proxy::OutboundTarget;
 use crate::proxy::http::{Declared, Forward, HttpService, Plan, detect};
 use crate::routing::{self, Balancer, Decision, RequestHead, RespondReason};
+use crate::config::resources::gateway::RequestMirror;
 use crate::state::{ServiceKey, Snapshot, Workload};
 use crate::telemetry::{ConnectionLabels, Reporter, ResponseFlag, SecurityPolicy};
 
@@ -117,11 +118,70 @@ pub fn plan_request(
             ResponseFlag::NoHealthyUpstream,
         );
     }
+    let mirrors = forward
+        .matched
+        .map(|m| mirrors(snapshot, client, &forward, &m.route.key.namespace, roll, balancer))
+        .unwrap_or_default();
     Plan::Forward(Forward {
         target: route.target,
         labels: route.labels,
         path_match: forward.path_match(),
         filters: forward.filters.into_iter().cloned().collect(),
         timeouts: forward.timeouts,
+        mirrors,
     })
+}
+
+/// Where the rule's RequestMirror filters send copies of this request: an
+/// endpoint of each mirror Service, when the request falls in the filter's
+/// sampled share (`percent` or `fraction`, all when neither is set). A
+/// mirror Service of another namespace, or without endpoints, gets none.
+fn mirrors(
+    snapshot: &Snapshot,
+    client: &Client<'_>,
+    forward: &routing::Forward<'_>,
+    route_namespace: &str,
+    roll: u32,
+    balancer: &dyn Balancer,
+) -> Vec<OutboundTarget<PoolKey>> {
+    forward
+        .mirrors()
+        .filter_map(|f| f.request_mirror.as_ref())
+        .filter(|m| sampled(m, roll))
+        .filter_map(|m| {
+            let backend = &m.backend_ref;
+            let namespace = backend.namespace.as_deref().unwrap_or(route_namespace);
+            if namespace != route_namespace {
+                return None;
+            }
+            let key = ServiceKey::new(namespace, &backend.name);
+            let port = u16::try_from(backend.port?).ok()?;
+            let endpoint = balancer.pick(snapshot.endpoints(&key, port))?;
+            let addr = SocketAddr::new(endpoint.ip, endpoint.port);
+            let route = resolve(
+                snapshot,
+                client.workload,
+                addr,
+                &Default::default(),
+                client.trust_domain,
+                client.security,
+            );
+            (!matches!(route.target, OutboundTarget::Refuse(_))).then_some(route.target)
+        })
+        .collect()
+}
+
+/// Whether `roll` (uniform over u32) falls in the mirror's sampled share.
+fn sampled(m: &RequestMirror, roll: u32) -> bool {
+    let (num, den) = match (&m.fraction, m.percent) {
+        (Some(f), _) => (f.numerator, f.denominator.unwrap_or(100)),
+        (None, Some(p)) => (p, 100),
+        (None, None) => return true,
+    };
+    if den <= 0 || num <= 0 {
+        return false;
+    }
+    // A different slice of the roll than the weighted backend choice uses.
+    let point = u64::from(roll.rotate_left(16)) * den as u64 / (u64::from(u32::MAX) + 1);
+    point < num as u64
 }

@@ -8,6 +8,7 @@ mod body;
 mod classify;
 pub mod detect;
 mod headers;
+mod mirror;
 pub mod outbound;
 mod upstream;
 
@@ -66,4 +67,6 @@ pub struct Forward<K> {
     /// The path match that selected the rule (for `ReplacePrefixMatch`).
     pub path_match: PathMatch,
     pub timeouts: RouteTimeouts,
+    /// Where RequestMirror filters send a copy (answers discarded).
+    pub mirrors: Vec<OutboundTarget<K>>,
 }

@@ -23,6 +23,7 @@ use tokio_util::either::Either;
 use tracing::debug;
 
 use super::body::{Counted, Finish, Reporting, grpc_status};
+use super::mirror;
 use super::headers::{ensure_request_id, is_upgrade, strip_hop_by_hop};
 use super::upstream::{UpstreamError, Upstreams};
 use super::{Body, Forward, HttpService, Plan};
@@ -274,6 +275,24 @@ async fn proxy<C: OutboundContext>(
     strip_hop_by_hop(&mut parts.headers, upgrade);
     ensure_request_id(&mut parts.headers);
     let request_bytes = Arc::new(AtomicU64::new(0));
+    let body = if forward.mirrors.is_empty() {
+        body.map_err(Into::into).boxed_unsync()
+    } else {
+        match mirror::split(&parts, body).await {
+            Ok((body, copy)) => {
+                if let Some(copy) = copy {
+                    send_mirrors(conn, &parts, copy, &forward.mirrors);
+                }
+                body
+            }
+            Err(e) => {
+                debug!(source = conn.source, error = %e, "request body failed before forwarding");
+                let labels = forward.labels;
+                let flag = ResponseFlag::DownstreamConnectionTermination;
+                return local(conn, &seen, labels, StatusCode::BAD_REQUEST, None, flag);
+            }
+        }
+    };
     let req = Request::from_parts(
         parts,
         Counted::new(body, Arc::clone(&request_bytes)).boxed_unsync(),
@@ -366,6 +385,52 @@ async fn proxy<C: OutboundContext>(
         );
     });
     Response::from_parts(parts, Reporting::new(body, grpc, finish).boxed_unsync())
+}
+
+/// Sends a copy of the request to each mirror target, answers discarded.
+fn send_mirrors<C: OutboundContext>(
+    conn: &Arc<Conn<C>>,
+    parts: &http::request::Parts,
+    body: Bytes,
+    targets: &[OutboundTarget<C::PoolKey>],
+) {
+    for target in targets {
+        let (addr, open) = match target {
+            OutboundTarget::Tunnel {
+                tunnel_addr,
+                target,
+                pool_key,
+            } => (*target, OwnedOpener::Tunnel(*tunnel_addr, *target, pool_key.clone())),
+            OutboundTarget::Direct(addr) => (*addr, OwnedOpener::Direct(*addr)),
+            OutboundTarget::Refuse(_) => continue,
+        };
+        let req = mirror::copy(parts, body.clone());
+        let conn = Arc::clone(conn);
+        tokio::spawn(async move {
+            let opener = open.borrowed();
+            match conn.http.upstreams.send(addr, req, || opener.open(&conn)).await {
+                Ok(response) => {
+                    let _ = response.into_body().collect().await;
+                }
+                Err(e) => mirror::failed(addr, &e),
+            }
+        });
+    }
+}
+
+/// An `Opener` that owns its pool key, for a spawned mirror.
+enum OwnedOpener<K> {
+    Tunnel(SocketAddr, SocketAddr, K),
+    Direct(SocketAddr),
+}
+
+impl<K> OwnedOpener<K> {
+    fn borrowed(&self) -> Opener<'_, K> {
+        match self {
+            OwnedOpener::Tunnel(t, a, k) => Opener::Tunnel(*t, *a, k),
+            OwnedOpener::Direct(a) => Opener::Direct(*a),
+        }
+    }
 }
 
 /// How a new upstream connection is opened.

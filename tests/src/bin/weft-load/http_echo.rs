@@ -5,13 +5,16 @@
 //!
 //! Paths with a meaning: `/delay/MS` answers after MS milliseconds,
 //! `/status/CODE` answers with CODE, `/bytes/N` answers N bytes of body,
-//! `/reset` sends the head and part of the body, then aborts the connection.
+//! `/reset` sends the head and part of the body, then aborts the connection,
+//! `/_seen?path=P` answers how many requests for path P this server has had
+//! (so a test can tell a mirrored copy arrived).
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
 use std::task::{Context, Poll};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,7 +27,15 @@ use hyper_util::server::conn::auto;
 type Body = BoxBody<Bytes, std::io::Error>;
 
 const METHODS: [&[u8]; 9] = [
-    b"GET ", b"POST ", b"PUT ", b"DELETE ", b"HEAD ", b"OPTIONS ", b"PATCH ", b"PRI ", b"CONNECT ",
+    b"GET ",
+    b"POST ",
+    b"PUT ",
+    b"DELETE ",
+    b"HEAD ",
+    b"OPTIONS ",
+    b"PATCH ",
+    b"PRI ",
+    b"CONNECT ",
 ];
 
 /// Whether `first` (the connection's first bytes, maybe partial) starts an
@@ -41,6 +52,12 @@ pub fn looks_like_http(first: &[u8]) -> Option<bool> {
         }
     }
     (!undecided).then_some(false)
+}
+
+/// Requests answered, by path.
+fn seen() -> &'static Mutex<HashMap<String, u64>> {
+    static SEEN: OnceLock<Mutex<HashMap<String, u64>>> = OnceLock::new();
+    SEEN.get_or_init(Mutex::default)
 }
 
 fn runtime() -> &'static tokio::runtime::Runtime {
@@ -79,6 +96,18 @@ async fn answer(req: Request<Incoming>, pod: &'static str) -> Result<Response<Bo
         }
     }
     let path = parts.uri.path().to_owned();
+    if path == "/_seen" {
+        let asked = parts
+            .uri
+            .query()
+            .and_then(|q| q.strip_prefix("path="))
+            .unwrap_or_default();
+        let count = seen().lock().map_or(0, |s| s.get(asked).copied().unwrap_or(0));
+        return Ok(Response::new(full(Bytes::from(format!("{{\"count\":{count}}}")))));
+    }
+    if let Ok(mut seen) = seen().lock() {
+        *seen.entry(path.clone()).or_default() += 1;
+    }
     let mut status = StatusCode::OK;
     if let Some(ms) = path.strip_prefix("/delay/").and_then(|s| s.parse().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
