@@ -1,12 +1,10 @@
 //! `/tap?namespace=N&pod=P`: live requests as newline-delimited JSON, for
 //! `mesh-agent tap` (docs/architecture.md, "Request telemetry"). One line per
 //! matching request ([`TapEvent`]); `{"lost":n}` when this client fell behind
-//! and missed `n` events; an empty line every few seconds while nothing
-//! happens, so a client that went away is noticed (the write fails) and stops
-//! costing the data path.
+//! and missed `n` events. A client that goes away (its connection closes) is
+//! unsubscribed at once, so it stops costing the data path.
 
 use std::convert::Infallible;
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream;
@@ -19,9 +17,6 @@ use hyper::{
 
 use super::{Router, text};
 use crate::telemetry::{Tap, TapFilter, TapItem, TapSubscription};
-
-/// How long a quiet stream waits before writing an empty line.
-const HEARTBEAT: Duration = Duration::from_secs(5);
 
 /// Adds `/tap` over the agent's request stream (`Metrics::tap`).
 pub fn with_tap(router: Router, tap: Tap) -> Router {
@@ -39,15 +34,12 @@ pub fn with_tap(router: Router, tap: Tap) -> Router {
 
 fn stream_events(sub: TapSubscription, filter: TapFilter) -> Response<super::Body> {
     let lines = stream::unfold((sub, filter), |(mut sub, filter)| async move {
-        let line = tokio::select! {
-            item = sub.next(&filter) => match item? {
-                TapItem::Event(e) => serde_json::to_vec(&*e).unwrap_or_default(),
-                TapItem::Lost(n) => serde_json::to_vec(&serde_json::json!({ "lost": n }))
-                    .unwrap_or_default(),
-            },
-            () = tokio::time::sleep(HEARTBEAT) => Vec::new(),
+        let mut line = match sub.next(&filter).await? {
+            TapItem::Event(e) => serde_json::to_vec(&*e).unwrap_or_default(),
+            TapItem::Lost(n) => {
+                serde_json::to_vec(&serde_json::json!({ "lost": n })).unwrap_or_default()
+            }
         };
-        let mut line = line;
         line.push(b'\n');
         Some((
             Ok::<_, Infallible>(Frame::data(Bytes::from(line))),
@@ -239,6 +231,27 @@ mod stream_tests {
 
         let (head, _) = tap_client(addr, "?names=ns-b").await;
         assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_tap_client_that_left_stops_costing_requests() {
+        let metrics = Metrics::new().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = super::with_tap(super::Router::new(), metrics.tap().clone());
+        let server = tokio::spawn(super::super::serve_router(listener, router));
+        let (head, lines) = tap_client(addr, "").await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(metrics.tap().is_watched());
+        // Gone without a word, while no request flows.
+        drop(lines);
+        within(async {
+            while metrics.tap().is_watched() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
         server.abort();
     }
 }

@@ -110,7 +110,7 @@ fn columns(cells: &[&str]) -> String {
     out.trim_end().to_owned()
 }
 
-/// One line of the stream as printed; `None` for the keep-alive empty lines.
+/// One line of the stream as printed; `None` for a blank line.
 /// Lost-event notices go to stderr.
 pub fn render(line: &[u8], output: Output) -> Option<String> {
     let line = std::str::from_utf8(line).ok()?.trim();
@@ -214,7 +214,7 @@ mod tests {
     }
 
     #[test]
-    fn render_passes_json_skips_keepalives_and_escapes_controls() {
+    fn render_passes_json_skips_blanks_and_escapes_controls() {
         let json = serde_json::to_string(&event()).unwrap();
         assert_eq!(
             render(json.as_bytes(), Output::Json).as_deref(),
