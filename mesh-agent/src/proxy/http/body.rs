@@ -4,7 +4,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -14,14 +14,22 @@ use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use super::BoxError;
 use crate::telemetry::ResponseFlag;
 
-/// Counts the data bytes of `inner` into a shared counter.
+/// How far a request body got: bytes passed on, and whether the client's
+/// side failed (it went away mid-body).
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub bytes: AtomicU64,
+    pub failed: AtomicBool,
+}
+
+/// Counts the data bytes of `inner` into a shared [`Progress`].
 pub struct Counted<B> {
     inner: B,
-    count: Arc<AtomicU64>,
+    count: Arc<Progress>,
 }
 
 impl<B> Counted<B> {
-    pub fn new(inner: B, count: Arc<AtomicU64>) -> Self {
+    pub fn new(inner: B, count: Arc<Progress>) -> Self {
         Self { inner, count }
     }
 }
@@ -39,9 +47,13 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
-        if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
-            let n = data.map_or(0, |d| d.len() as u64);
-            self.count.fetch_add(n, Ordering::Relaxed);
+        match &frame {
+            Some(Ok(f)) => {
+                let n = f.data_ref().map_or(0, |d| d.len() as u64);
+                self.count.bytes.fetch_add(n, Ordering::Relaxed);
+            }
+            Some(Err(_)) => self.count.failed.store(true, Ordering::Relaxed),
+            None => {}
         }
         Poll::Ready(frame.map(|f| f.map_err(Into::into)))
     }
@@ -182,9 +194,10 @@ mod tests {
 
     #[tokio::test]
     async fn request_bytes_are_counted() {
-        let count = Arc::new(AtomicU64::new(0));
+        let count = Arc::new(Progress::default());
         let body = Counted::new(Full::new(Bytes::from_static(b"12345")), Arc::clone(&count));
         body.collect().await.unwrap();
-        assert_eq!(count.load(Ordering::Relaxed), 5);
+        assert_eq!(count.bytes.load(Ordering::Relaxed), 5);
+        assert!(!count.failed.load(Ordering::Relaxed));
     }
 }

@@ -10,6 +10,7 @@ pub mod detect;
 mod headers;
 mod mirror;
 pub mod outbound;
+mod respond;
 mod upstream;
 
 use bytes::Bytes;

@@ -8,12 +8,12 @@ use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -22,11 +22,11 @@ use tokio::sync::Semaphore;
 use tokio_util::either::Either;
 use tracing::debug;
 
-use super::body::{Counted, Finish, Reporting, grpc_status};
-use super::mirror;
+use super::body::{Counted, Finish, Progress, Reporting, grpc_status};
 use super::headers::{ensure_request_id, is_upgrade, strip_hop_by_hop};
 use super::upstream::{UpstreamError, Upstreams};
 use super::{Body, Forward, HttpService, Plan};
+use super::{mirror, respond};
 use crate::proxy::outbound::{OutboundContext, OutboundTarget};
 use crate::proxy::pod::PodConnections;
 use crate::proxy::tunnel::Pool;
@@ -217,42 +217,8 @@ fn local<C: OutboundContext>(
     location: Option<HeaderValue>,
     flag: ResponseFlag,
 ) -> Response<Body> {
-    let text: &'static str = match flag {
-        ResponseFlag::NoHealthyUpstream => "no healthy upstream",
-        ResponseFlag::UpstreamConnectFailure => {
-            "upstream connect error or disconnect/reset before headers. reset reason: connection failure"
-        }
-        ResponseFlag::UpstreamRemoteReset => {
-            "upstream connect error or disconnect/reset before headers. reset reason: remote reset"
-        }
-        ResponseFlag::UpstreamRequestTimeout => "upstream request timeout",
-        ResponseFlag::Overloaded => "overloaded: too many requests in flight",
-        _ => "",
-    };
-    conn.report(
-        &labels,
-        seen,
-        status.as_u16(),
-        None,
-        flag,
-        0,
-        text.len() as u64,
-        "",
-    );
-    let mut response = Response::new(
-        Full::new(Bytes::from_static(text.as_bytes()))
-            .map_err(|never| match never {})
-            .boxed_unsync(),
-    );
-    *response.status_mut() = status;
-    if let Some(location) = location {
-        response.headers_mut().insert(header::LOCATION, location);
-    }
-    if !text.is_empty() {
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    }
+    let (response, len) = respond::answer(status, location, flag);
+    conn.report(&labels, seen, status.as_u16(), None, flag, 0, len, "");
     response
 }
 
@@ -274,7 +240,7 @@ async fn proxy<C: OutboundContext>(
     apply_request(&mut parts, &forward.filters, &forward.path_match);
     strip_hop_by_hop(&mut parts.headers, upgrade);
     ensure_request_id(&mut parts.headers);
-    let request_bytes = Arc::new(AtomicU64::new(0));
+    let request_body = Arc::new(Progress::default());
     let body = if forward.mirrors.is_empty() {
         body.map_err(Into::into).boxed_unsync()
     } else {
@@ -295,7 +261,7 @@ async fn proxy<C: OutboundContext>(
     };
     let req = Request::from_parts(
         parts,
-        Counted::new(body, Arc::clone(&request_bytes)).boxed_unsync(),
+        Counted::new(body, Arc::clone(&request_body)).boxed_unsync(),
     );
 
     let (addr, open) = match &forward.target {
@@ -332,7 +298,13 @@ async fn proxy<C: OutboundContext>(
     let mut response = match result {
         Ok(response) => response,
         Err(failure) => {
+            let client_gone = request_body.failed.load(Ordering::Relaxed);
             let (status, flag) = match &failure {
+                // The upstream failed because the client's body did: its fault.
+                Failure::Upstream(_) if client_gone => (
+                    StatusCode::BAD_REQUEST,
+                    ResponseFlag::DownstreamConnectionTermination,
+                ),
                 Failure::Timeout => (
                     StatusCode::GATEWAY_TIMEOUT,
                     ResponseFlag::UpstreamRequestTimeout,
@@ -348,6 +320,12 @@ async fn proxy<C: OutboundContext>(
             };
             if let Failure::Upstream(e) = &failure {
                 debug!(source = conn.source, %destination, error = %e, "upstream failed");
+            }
+            if client_gone {
+                // No one to answer: counted as Envoy does, code 0 and DC.
+                let sent = request_body.bytes.load(Ordering::Relaxed);
+                conn.report(&forward.labels, &seen, 0, None, flag, sent, 0, &destination);
+                return respond::answer(status, None, flag).0;
             }
             return local(conn, &seen, forward.labels, status, None, flag);
         }
@@ -372,7 +350,7 @@ async fn proxy<C: OutboundContext>(
     let report = Arc::clone(conn);
     let labels = forward.labels;
     let finish: Finish = Box::new(move |response_bytes, grpc_status, flag| {
-        let request_bytes = request_bytes.load(Ordering::Relaxed);
+        let request_bytes = request_body.bytes.load(Ordering::Relaxed);
         report.report(
             &labels,
             &seen,
@@ -400,7 +378,10 @@ fn send_mirrors<C: OutboundContext>(
                 tunnel_addr,
                 target,
                 pool_key,
-            } => (*target, OwnedOpener::Tunnel(*tunnel_addr, *target, pool_key.clone())),
+            } => (
+                *target,
+                OwnedOpener::Tunnel(*tunnel_addr, *target, pool_key.clone()),
+            ),
             OutboundTarget::Direct(addr) => (*addr, OwnedOpener::Direct(*addr)),
             OutboundTarget::Refuse(_) => continue,
         };
@@ -408,7 +389,12 @@ fn send_mirrors<C: OutboundContext>(
         let conn = Arc::clone(conn);
         tokio::spawn(async move {
             let opener = open.borrowed();
-            match conn.http.upstreams.send(addr, req, || opener.open(&conn)).await {
+            match conn
+                .http
+                .upstreams
+                .send(addr, req, || opener.open(&conn))
+                .await
+            {
                 Ok(response) => {
                     let _ = response.into_body().collect().await;
                 }
