@@ -136,7 +136,7 @@ fn grpc_calls_of_every_kind_follow_the_grpcroute_and_keep_their_status() -> Resu
 
     // The source agent counted it as gRPC with its status (NOT_FOUND = 5),
     // and every other call as OK (0).
-    let metrics = mesh.metrics("node-a")?;
+    let metrics = requests_total(&mesh.metrics("node-a")?);
     let grpc = |status: &str| {
         metric_sum(
             &metrics,
@@ -150,6 +150,15 @@ fn grpc_calls_of_every_kind_follow_the_grpcroute_and_keep_their_status() -> Resu
     };
     assert_eq!(grpc("5"), 1.0, "NOT_FOUND counted once:\n{metrics}");
     assert_eq!(grpc("0"), 7.0, "4 unary, 3 streaming calls OK:\n{metrics}");
+    // Every call was answered whole: no response flag, the trailers-only
+    // answer included (its body ends with its head, and is never polled).
+    let flagged = metric_sum(&metrics, "istio_requests_total", &[("reporter", "source")])
+        - metric_sum(
+            &metrics,
+            "istio_requests_total",
+            &[("reporter", "source"), ("response_flags", "-")],
+        );
+    assert_eq!(flagged, 0.0, "no call flagged:\n{metrics}");
     Ok(())
 }
 
@@ -192,13 +201,27 @@ fn a_websocket_passes_through_both_ways_and_closes_cleanly() -> Result<()> {
 
     // It went through the source agent's HTTP handler (the 101 is counted),
     // not around it.
-    let metrics = mesh.metrics("node-a")?;
+    let metrics = requests_total(&mesh.metrics("node-a")?);
     let upgraded = metric_sum(
         &metrics,
         "istio_requests_total",
         &[("reporter", "source"), ("response_code", "101")],
     );
     assert_eq!(upgraded, 1.0, "one upgraded request:\n{metrics}");
+    // Answered and closed cleanly: no response flag (not DC).
+    let clean = metric_sum(
+        &metrics,
+        "istio_requests_total",
+        &[
+            ("reporter", "source"),
+            ("response_code", "101"),
+            ("response_flags", "-"),
+        ],
+    );
+    assert_eq!(
+        clean, 1.0,
+        "the upgrade reported without a flag:\n{metrics}"
+    );
     Ok(())
 }
 
@@ -241,6 +264,15 @@ fn client(mesh: &MeshLab, script: &str, target: &str) -> Result<Value> {
             String::from_utf8_lossy(&out.stdout)
         )
     })
+}
+
+/// The `istio_requests_total` series of a scrape, for assertions and their messages.
+fn requests_total(metrics: &str) -> String {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("istio_requests_total{"))
+        .map(|l| format!("{l}\n"))
+        .collect()
 }
 
 fn wait_for_line(log: &Path, needle: &str, within: Duration) -> Result<()> {
