@@ -88,6 +88,44 @@ pub fn run() -> Result<()> {
         }
     }
 
+    say("HTTP by Gateway API rules: shop/frontend curls the reviews Service 10.96.0.20:9080");
+    println!(
+        "its HTTPRoute (examples/mesh.yaml) sends x-canary: true to reviews-v2, the rest 90/10 to v1/v2"
+    );
+    let frontend = mesh.pod("frontend-7d9f-a")?;
+    let canary = lab::http::curl(
+        frontend,
+        &["-H", "x-canary: true", "http://10.96.0.20:9080/ratings"],
+    )?;
+    println!(
+        "curl -H 'x-canary: true' http://10.96.0.20:9080/ratings -> {} from {}",
+        canary.status,
+        canary.pod()?
+    );
+    let answers = lab::http::curl_many(frontend, "http://10.96.0.20:9080/", 200, &[])?;
+    let mut tally = std::collections::BTreeMap::<String, usize>::new();
+    for pod in lab::http::pods_of(&answers) {
+        *tally.entry(pod).or_default() += 1;
+    }
+    println!("200 requests on one kept-alive connection, each routed on its own:");
+    for (pod, n) in &tally {
+        println!("  {pod:<20} {n:>4}");
+    }
+
+    say(
+        "mesh-agent routes on node-a: each route's Accepted and ResolvedRefs, as in a cluster's status",
+    );
+    show(mesh.agent_cli("node-a", &["routes"])?);
+
+    say("what node-a's agent counted for those requests (istio_requests_total, reporter source)");
+    let metrics = mesh.metrics("node-a")?;
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("istio_requests_total{") && l.contains("reporter=\"source\""))
+    {
+        println!("{line}");
+    }
+
     say("an unmeshed pod aims at shop/frontend's agent port 10.88.1.10:15006 itself");
     let started = std::time::Instant::now();
     let out = mesh.load_from("inventory-0", &["say", "10.88.1.10:15006", "loop?"])?;

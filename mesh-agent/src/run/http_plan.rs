@@ -6,11 +6,11 @@
 
 use std::net::SocketAddr;
 
+use crate::config::resources::gateway::RequestMirror;
 use crate::proxy::OutboundTarget;
 use crate::proxy::http::{Declared, Forward, HttpService, Plan, detect};
 use crate::routing::{self, Balancer, Decision, RequestHead, RespondReason};
-use crate::config::resources::gateway::RequestMirror;
-use crate::state::{ServiceKey, Snapshot, Workload};
+use crate::state::{HttpRoute, ServiceKey, Snapshot, Workload};
 use crate::telemetry::{ConnectionLabels, Reporter, ResponseFlag, SecurityPolicy};
 
 use super::resolve::{PoolKey, resolve, workload_label};
@@ -120,7 +120,7 @@ pub fn plan_request(
     }
     let mirrors = forward
         .matched
-        .map(|m| mirrors(snapshot, client, &forward, &m.route.key.namespace, roll, balancer))
+        .map(|m| mirrors(snapshot, client, &forward, m.route, roll, balancer))
         .unwrap_or_default();
     Plan::Forward(Forward {
         target: route.target,
@@ -135,15 +135,17 @@ pub fn plan_request(
 /// Where the rule's RequestMirror filters send copies of this request: an
 /// endpoint of each mirror Service, when the request falls in the filter's
 /// sampled share (`percent` or `fraction`, all when neither is set). A
-/// mirror Service of another namespace, or without endpoints, gets none.
+/// mirror Service without endpoints, or in another namespace that no
+/// ReferenceGrant there permits (docs/config.md), gets none.
 fn mirrors(
     snapshot: &Snapshot,
     client: &Client<'_>,
     forward: &routing::Forward<'_>,
-    route_namespace: &str,
+    route: &HttpRoute,
     roll: u32,
     balancer: &dyn Balancer,
 ) -> Vec<OutboundTarget<PoolKey>> {
+    let route_namespace = route.key.namespace.as_str();
     forward
         .mirrors()
         .filter_map(|f| f.request_mirror.as_ref())
@@ -151,10 +153,10 @@ fn mirrors(
         .filter_map(|m| {
             let backend = &m.backend_ref;
             let namespace = backend.namespace.as_deref().unwrap_or(route_namespace);
-            if namespace != route_namespace {
+            let key = ServiceKey::new(namespace, &backend.name);
+            if !snapshot.reference_permitted(route.kind, route_namespace, &key) {
                 return None;
             }
-            let key = ServiceKey::new(namespace, &backend.name);
             let port = u16::try_from(backend.port?).ok()?;
             let endpoint = balancer.pick(snapshot.endpoints(&key, port))?;
             let addr = SocketAddr::new(endpoint.ip, endpoint.port);
@@ -185,3 +187,6 @@ fn sampled(m: &RequestMirror, roll: u32) -> bool {
     let point = u64::from(roll.rotate_left(16)) * den as u64 / (u64::from(u32::MAX) + 1);
     point < num as u64
 }
+
+#[cfg(test)]
+mod tests;
