@@ -1,8 +1,11 @@
 //! Route and policy status on a real API server: the CA Deployment's replicas
 //! (run from `manifests/` with its args, env and ServiceAccount, two of them)
 //! elect a writer with the Lease `weft-ca-status`; it writes `status` on
-//! HTTPRoutes (per parent Service: Accepted, ResolvedRefs) and on Weft's
-//! policies (Accepted), read back here with `kubectl get -o json`. Killing the
+//! HTTPRoutes (per parent Service: Accepted, ResolvedRefs; a backend in
+//! another namespace RefNotPermitted until a ReferenceGrant there permits it)
+//! and on Weft's policies (Accepted), read back here with `kubectl get -o json`.
+//! A node agent's `mesh-agent routes` says the same for every route, refused
+//! ones included. Killing the
 //! leader hands the writing to the other replica. Run as root.
 
 use std::time::{Duration, Instant};
@@ -13,6 +16,8 @@ use lab::kube::ControlPlane;
 use serde_json::Value;
 
 const NS: &str = "status-shop";
+/// Where the cross-namespace backend lives.
+const OTHER_NS: &str = "status-other";
 const LEASE: &str = "weft-ca-status";
 
 /// Polls `f` until it returns `Some`, for up to `secs` seconds.
@@ -105,14 +110,83 @@ fn service(name: &str) -> String {
     )
 }
 
+/// A route's verdicts: (parent Service, Accepted reason, ResolvedRefs reason)
+/// for each of Weft's parent entries, or ("-", the reason, "-") for a refused
+/// route, as the CA wrote them.
+type Verdicts = Vec<(String, String, String)>;
+
+fn reason(conditions: &Value, type_: &str) -> String {
+    condition(conditions, type_)
+        .and_then(|c| c["reason"].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn written_verdicts(cp: &ControlPlane, route: &str) -> Result<Verdicts> {
+    let obj = get(cp, "httproute", route)?;
+    let mut out: Verdicts = obj["status"]["parents"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["controllerName"] == "weft.dev/mesh")
+        .map(|p| {
+            let accepted = reason(&p["conditions"], "Accepted");
+            let resolved = reason(&p["conditions"], "ResolvedRefs");
+            let parent = p["parentRef"]["name"].as_str().unwrap_or("").to_owned();
+            // A refused route: the agent lists it without its parents.
+            if accepted == "UnsupportedValue" {
+                ("-".into(), accepted, "-".into())
+            } else {
+                (parent, accepted, resolved)
+            }
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// The same, from `mesh-agent routes -o json` on node `a`, per route.
+fn agent_verdicts(c: &Cluster, routes: &[&str]) -> Result<Vec<Verdicts>> {
+    let out = c.agent_cli("a", &["routes", "-o", "json"])?;
+    if !out.status.success() {
+        return Ok(Vec::new()); // the agent is not serving yet
+    }
+    let v: Value = serde_json::from_slice(&out.stdout)?;
+    let list = v["routes"].as_array().cloned().unwrap_or_default();
+    Ok(routes
+        .iter()
+        .map(|name| {
+            let mut out: Verdicts = list
+                .iter()
+                .filter(|r| r["namespace"] == NS && r["name"] == *name)
+                .flat_map(|r| {
+                    let refused = r["refused"]["reason"]
+                        .as_str()
+                        .map(|reason| ("-".to_owned(), reason.to_owned(), "-".to_owned()));
+                    let parents = r["parents"].as_array().cloned().unwrap_or_default();
+                    refused.into_iter().chain(parents.into_iter().map(|p| {
+                        let s = |v: &Value| v.as_str().unwrap_or("").to_owned();
+                        (
+                            s(&p["parentRef"]["name"]),
+                            s(&p["accepted"]["reason"]),
+                            s(&p["resolvedRefs"]["reason"]),
+                        )
+                    }))
+                })
+                .collect();
+            out.sort();
+            out
+        })
+        .collect())
+}
+
 fn log_of(ca: &CaService) -> String {
     std::fs::read_to_string(&ca.log).unwrap_or_default()
 }
 
 #[test]
 fn the_elected_ca_writes_route_and_policy_status_and_another_takes_over() -> Result<()> {
-    let cp = ControlPlane::shared()?;
-    let mut c = Cluster::new(cp, &[])?;
+    let shared = ControlPlane::shared()?;
+    let mut c = Cluster::new(shared.clone(), &["a"])?;
     let ca_dir = install(c.cp())?;
     let dir = c.dir();
     let klab = &c.klab;
@@ -120,13 +194,26 @@ fn the_elected_ca_writes_route_and_policy_status_and_another_takes_over() -> Res
         klab.spawn(cmd)
     })?;
     c.klab.create_namespace(NS, &[])?;
-    let cp = c.cp();
+    c.klab.create_namespace(OTHER_NS, &[])?;
+    let cp = &*shared;
     for s in ["reviews", "reviews-v1"] {
         cp.apply_yaml(&service(s))?;
     }
     cp.apply_yaml(&route("good", "reviews", "reviews-v1"))?;
     cp.apply_yaml(&route("missing-backend", "reviews", "reviews-v9"))?;
     cp.apply_yaml(&route("orphan", "ghost", "reviews-v1"))?;
+    // Valid for the CRD's schema (port is optional), refused by the validator.
+    cp.apply_yaml(
+        &route("no-port", "reviews", "reviews-v1").replace(r#","port":9080}]}]"#, "}]}]"),
+    )?;
+    cp.apply_yaml(&format!(
+        r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"ratings","namespace":"{OTHER_NS}"}},
+"spec":{{"selector":{{"app":"ratings"}},"ports":[{{"name":"http","port":9080}}]}}}}"#
+    ))?;
+    cp.apply_yaml(&route("remote", "reviews", "reviews-v1").replace(
+        r#"{"name":"reviews-v1","port":9080}"#,
+        &format!(r#"{{"name":"ratings","namespace":"{OTHER_NS}","port":9080}}"#),
+    ))?;
     // Valid for the CRD's schema (a string), refused by the agents' validator.
     cp.apply_yaml(&format!(
         r#"{{"apiVersion":"weft.dev/v1alpha1","kind":"AuthorizationPolicy","metadata":{{"name":"bad-cidr","namespace":"{NS}"}},
@@ -189,6 +276,70 @@ fn the_elected_ca_writes_route_and_policy_status_and_another_takes_over() -> Res
             "False",
             "NoMatchingParent",
         )?;
+        // A backend in another namespace: not permitted without a grant
+        // there; a ReferenceGrant in that namespace permits it.
+        let refs = wait_route(
+            cp,
+            "remote",
+            "reviews",
+            "ResolvedRefs",
+            "False",
+            "RefNotPermitted",
+        )?;
+        assert!(
+            refs["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(&format!(
+                    "Service {OTHER_NS}/ratings is in another namespace"
+                ))),
+            "{refs}"
+        );
+        cp.apply_yaml(&format!(
+            r#"{{"apiVersion":"gateway.networking.k8s.io/v1beta1","kind":"ReferenceGrant","metadata":{{"name":"shop-routes","namespace":"{OTHER_NS}"}},
+"spec":{{"from":[{{"group":"gateway.networking.k8s.io","kind":"HTTPRoute","namespace":"{NS}"}}],"to":[{{"group":"","kind":"Service"}}]}}}}"#
+        ))?;
+        wait_route(
+            cp,
+            "remote",
+            "reviews",
+            "ResolvedRefs",
+            "True",
+            "ResolvedRefs",
+        )?;
+        wait_route(
+            cp,
+            "no-port",
+            "reviews",
+            "Accepted",
+            "False",
+            "UnsupportedValue",
+        )?;
+        // The node agent computes the same verdicts over its own state.
+        c.start_agent("a")?;
+        let routes = ["good", "missing-backend", "orphan", "remote", "no-port"];
+        let mut last = (Vec::new(), Vec::new());
+        wait_for(
+            "mesh-agent routes to agree with the written status",
+            30,
+            || {
+                let written = routes
+                    .iter()
+                    .map(|r| written_verdicts(cp, r))
+                    .collect::<Result<Vec<_>>>()?;
+                let local = agent_verdicts(&c, &routes)?;
+                let agree = written == local;
+                last = (written, local);
+                Ok(agree.then_some(()))
+            },
+        )
+        .map_err(|e| e.context(format!("written, then the agent's: {last:#?}")))?;
+        let table = String::from_utf8(c.agent_cli("a", &["routes", "-n", NS])?.stdout)?;
+        assert!(
+            table.lines().any(
+                |l| l.contains(&format!("{NS}/orphan")) && l.contains("False/NoMatchingParent")
+            ),
+            "{table}"
+        );
         // The invalid policy says why; the valid one is accepted.
         let refused =
             wait_for("AuthorizationPolicy bad-cidr: Accepted=False", 60, || {
