@@ -79,14 +79,23 @@ pub struct Reporting<B> {
 }
 
 impl<B> Reporting<B> {
-    /// `grpc_status`: from the response head, for trailers-only answers.
-    pub fn new(inner: B, grpc_status: Option<u32>, finish: Finish) -> Self {
-        Self {
+    /// `grpc_status`: from the response head, for trailers-only answers. A
+    /// body that is already over (a `101`, `204`, `304` or `HEAD` answer,
+    /// which hyper never polls) is reported at once.
+    pub fn new(inner: B, grpc_status: Option<u32>, finish: Finish) -> Self
+    where
+        B: HttpBody,
+    {
+        let mut this = Self {
             inner,
             bytes: 0,
             grpc_status,
             finish: Some(finish),
+        };
+        if this.inner.is_end_stream() {
+            this.report(ResponseFlag::None);
         }
+        this
     }
 
     fn report(&mut self, flag: ResponseFlag) {
@@ -119,10 +128,12 @@ where
                 if let Some(d) = f.data_ref() {
                     self.bytes += d.len() as u64;
                 }
-                if let Some(status) = f.trailers_ref().and_then(grpc_status) {
+                let trailers = f.trailers_ref();
+                if let Some(status) = trailers.and_then(grpc_status) {
                     self.grpc_status = Some(status);
                 }
-                if self.inner.is_end_stream() {
+                // Trailers are the last frame; the server may not poll again.
+                if trailers.is_some() || self.inner.is_end_stream() {
                     self.report(ResponseFlag::None);
                 }
             }
@@ -179,6 +190,30 @@ mod tests {
         let collected = body.collect().await.unwrap();
         assert_eq!(collected.to_bytes(), "hello");
         assert_eq!(*seen.lock().unwrap(), [(5, Some(5), ResponseFlag::None)]);
+    }
+
+    #[tokio::test]
+    async fn trailers_and_empty_bodies_report_without_another_poll() {
+        let (seen, finish) = recorder();
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = vec![Ok(Frame::trailers(trailers))];
+        let mut body = Reporting::new(
+            StreamBody::new(futures_util::stream::iter(frames)),
+            None,
+            finish,
+        );
+        body.frame().await.unwrap().unwrap();
+        drop(body);
+        assert_eq!(*seen.lock().unwrap(), [(0, Some(0), ResponseFlag::None)]);
+
+        let (seen, finish) = recorder();
+        drop(Reporting::new(
+            http_body_util::Empty::<Bytes>::new(),
+            None,
+            finish,
+        ));
+        assert_eq!(*seen.lock().unwrap(), [(0, None, ResponseFlag::None)]);
     }
 
     #[tokio::test]
