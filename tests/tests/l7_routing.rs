@@ -43,6 +43,44 @@ fn a_header_match_and_a_weighted_split_route_each_request() -> Result<()> {
         "x-request-id added: {echo}"
     );
 
+    // h2c with prior knowledge is forwarded as HTTP/2, :authority unchanged.
+    let h2 = curl(
+        client,
+        &[
+            "--http2-prior-knowledge",
+            "-H",
+            "x-canary: true",
+            &format!("{REVIEWS}/h2"),
+        ],
+    )?;
+    let echo = h2.echo()?;
+    assert!(is_v2(echo["pod"].as_str().unwrap_or_default()), "{echo}");
+    assert_eq!(echo["version"], "HTTP/2.0", "{echo}");
+    assert_eq!(echo["authority"], "10.96.0.20:9080", "{echo}");
+
+    // A chunked upload behind `Expect: 100-continue` streams through whole.
+    let body = "x".repeat(100 * 1024);
+    let up = curl(
+        client,
+        &[
+            "-H",
+            "Expect: 100-continue",
+            "-H",
+            "Transfer-Encoding: chunked",
+            "-H",
+            "traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "--data-binary",
+            &body,
+            &format!("{REVIEWS}/upload"),
+        ],
+    )?;
+    let echo = up.echo()?;
+    assert_eq!(echo["body_bytes"], 100 * 1024, "{echo}");
+    assert_eq!(
+        echo["headers"]["traceparent"],
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    );
+
     // 2,000 requests on kept-alive connections: a χ² test of the 90/10 split
     // (1 degree of freedom; 10.83 is p = 0.001).
     let mut pods = Vec::new();
@@ -179,7 +217,7 @@ fn every_match_type_and_gateway_api_precedence() -> Result<()> {
         (&["/prefix"], "v1"),
         (&["/prefix/"], "v1"),
         (&["/prefix/x"], "v1"),
-        (&["/prefixed"], "404"), // PathPrefix matches whole segments
+        (&["/prefixed"], "404"),       // PathPrefix matches whole segments
         (&["/prefix/deeper/x"], "v2"), // the longest prefix wins
         (&["/re/123"], "v2"),
         (&["/re/abc"], "404"),
@@ -273,12 +311,24 @@ spec:
 ";
     set_routes(
         &mut mesh,
-        &format!("{}---\n{empty}", route("reviews", "2026-01-01T00:00:00Z", &rules)),
+        &format!(
+            "{}---\n{empty}",
+            route("reviews", "2026-01-01T00:00:00Z", &rules)
+        ),
     )?;
     let client = mesh.pod("frontend-7d9f-a")?;
 
     // Header modifiers, both ways.
-    let r = curl(client, &["-H", "x-remove: 1", "-H", "x-set: old", &format!("{REVIEWS}/hdr")])?;
+    let r = curl(
+        client,
+        &[
+            "-H",
+            "x-remove: 1",
+            "-H",
+            "x-set: old",
+            &format!("{REVIEWS}/hdr"),
+        ],
+    )?;
     let echo = r.echo()?;
     assert_eq!(echo["headers"]["x-set"], "a", "{echo}");
     assert_eq!(echo["headers"]["x-add"], "b", "{echo}");
@@ -288,7 +338,11 @@ spec:
     // A redirect is answered by the agent, with the Location the spec says.
     let r = curl(client, &[&format!("{REVIEWS}/redirect/x?q=1")])?;
     assert_eq!(r.status, 301, "{r:?}");
-    assert_eq!(r.header("location"), Some("http://example.com:9080/redirect/x?q=1"), "{r:?}");
+    assert_eq!(
+        r.header("location"),
+        Some("http://example.com:9080/redirect/x?q=1"),
+        "{r:?}"
+    );
 
     // URL rewrite: the prefix replaced, the host rewritten.
     let echo = curl(client, &[&format!("{REVIEWS}/old/rest?x=1")])?.echo()?;
@@ -318,7 +372,10 @@ spec:
         let r = curl(client, &args)?;
         let took = start.elapsed();
         assert_eq!(r.status, 504, "{extra:?}: {r:?}");
-        assert!(took < std::time::Duration::from_millis(2500), "{extra:?}: {took:?}");
+        assert!(
+            took < std::time::Duration::from_millis(2500),
+            "{extra:?}: {took:?}"
+        );
         let mut args = extra.to_vec();
         let url = format!("{REVIEWS}/delay/10");
         args.push(&url);
@@ -332,7 +389,10 @@ spec:
     assert_eq!(r.body, "no healthy upstream");
     let pods = pods_of(&curl_many(client, &format!("{REVIEWS}/zero"), 50, &[])?);
     assert!(pods.iter().all(|p| is_v1(p)), "{pods:?}");
-    assert_eq!(curl(client, &[&format!("{REVIEWS}/elsewhere")])?.status, 404);
+    assert_eq!(
+        curl(client, &[&format!("{REVIEWS}/elsewhere")])?.status,
+        404
+    );
 
     // Each shows in the source's request metrics with its flag.
     let a = mesh.metrics("node-a")?;
@@ -340,7 +400,11 @@ spec:
         lab::metric_sum(
             &a,
             "istio_requests_total",
-            &[("reporter", "source"), ("response_code", code), ("response_flags", flag)],
+            &[
+                ("reporter", "source"),
+                ("response_code", code),
+                ("response_flags", flag),
+            ],
         )
     };
     assert!(count("504", "UT") >= 2.0, "{a}");
@@ -383,8 +447,14 @@ spec:
     let payments = mesh.pod("payments-6f7c-a")?;
     let r = curl(payments, &[&format!("{REVIEWS}/only")])?;
     assert_eq!(r.status, 302, "{r:?}");
-    assert_eq!(r.header("location"), Some("http://consumer.example:9080/only"));
+    assert_eq!(
+        r.header("location"),
+        Some("http://consumer.example:9080/only")
+    );
     let r = curl(payments, &[&format!("{REVIEWS}/")])?;
-    assert_eq!(r.status, 404, "the producer's route no longer applies: {r:?}");
+    assert_eq!(
+        r.status, 404,
+        "the producer's route no longer applies: {r:?}"
+    );
     Ok(())
 }

@@ -9,10 +9,10 @@
 //! `/_seen?path=P` answers how many requests for path P this server has had
 //! (so a test can tell a mirrored copy arrived).
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -102,8 +102,12 @@ async fn answer(req: Request<Incoming>, pod: &'static str) -> Result<Response<Bo
             .query()
             .and_then(|q| q.strip_prefix("path="))
             .unwrap_or_default();
-        let count = seen().lock().map_or(0, |s| s.get(asked).copied().unwrap_or(0));
-        return Ok(Response::new(full(Bytes::from(format!("{{\"count\":{count}}}")))));
+        let count = seen()
+            .lock()
+            .map_or(0, |s| s.get(asked).copied().unwrap_or(0));
+        return Ok(Response::new(full(Bytes::from(format!(
+            "{{\"count\":{count}}}"
+        )))));
     }
     if let Ok(mut seen) = seen().lock() {
         *seen.entry(path.clone()).or_default() += 1;
@@ -138,6 +142,10 @@ async fn answer(req: Request<Incoming>, pod: &'static str) -> Result<Response<Bo
             "method": parts.method.as_str(),
             "path": parts.uri.path_and_query().map_or("/", |p| p.as_str()),
             "version": format!("{:?}", parts.version),
+            // `:authority` (HTTP/2) or `Host` (HTTP/1.1).
+            "authority": parts.uri.authority().map(|a| a.as_str().to_owned()).or_else(|| {
+                parts.headers.get("host").and_then(|h| h.to_str().ok()).map(str::to_owned)
+            }),
             "headers": headers,
             "body_bytes": body_bytes,
         });
