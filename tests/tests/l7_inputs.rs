@@ -52,7 +52,11 @@ spec:
 fn python(mesh: &MeshLab, pod: &str, addr: &str, script: &str) -> Result<Output> {
     let (ip, port) = addr.rsplit_once(':').unwrap_or((addr, "80"));
     let program = format!("ADDR = ('{ip}', {port})\n{script}");
-    Ok(mesh.pod(pod)?.command("python3").args(["-c", &program]).output()?)
+    Ok(mesh
+        .pod(pod)?
+        .command("python3")
+        .args(["-c", &program])
+        .output()?)
 }
 
 fn stdout(out: &Output) -> Result<String> {
@@ -141,7 +145,10 @@ print('left')",
         .args(["-s", "-o", "/dev/null", "--max-time", "10"])
         .arg(format!("{REVIEWS}/reset"))
         .output()?;
-    assert!(!reset.status.success(), "the client sees the aborted response");
+    assert!(
+        !reset.status.success(),
+        "the client sees the aborted response"
+    );
 
     // ...and the agent serves the next request, on a new connection or not.
     let r = curl(client, &[&format!("{REVIEWS}/after")])?;

@@ -40,7 +40,11 @@ pub async fn split(parts: &Parts, body: Incoming) -> Result<(Body, Option<Bytes>
 
 /// A copy of the request head `parts` with `body`.
 pub fn copy(parts: &Parts, body: Bytes) -> Request<Body> {
-    let mut req = Request::new(Full::new(body).map_err(|never| match never {}).boxed_unsync());
+    let mut req = Request::new(
+        Full::new(body)
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = parts.uri.clone();
     *req.version_mut() = parts.version;
