@@ -5,7 +5,7 @@
 
 use mesh_common::{INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, TUNNEL_PORT};
 
-use super::{ConnectionAttrs, Decision, Verdict, evaluate};
+use super::{ConnectionAttrs, Decision, RequestAttrs, Verdict, evaluate, evaluate_request};
 use crate::state::{MtlsMode, Snapshot, Workload};
 
 /// The agent's listeners in every enrolled pod. As a target they would make the
@@ -45,8 +45,29 @@ impl Inbound {
     }
 }
 
-/// Decides `conn` to `workload` (as the current snapshot has it).
+/// Decides `conn` to `workload` (as the current snapshot has it), at
+/// connection time: possibly `NeedsRequest`.
 pub fn admit(snapshot: &Snapshot, workload: &Workload, conn: &Inbound) -> Decision {
+    admit_with(snapshot, workload, conn, None)
+}
+
+/// Decides one request of a connection admitted with `NeedsRequest`: the
+/// same checks, then the policies with the request's attributes.
+pub fn admit_request(
+    snapshot: &Snapshot,
+    workload: &Workload,
+    conn: &Inbound,
+    request: &RequestAttrs,
+) -> Decision {
+    admit_with(snapshot, workload, conn, Some(request))
+}
+
+fn admit_with(
+    snapshot: &Snapshot,
+    workload: &Workload,
+    conn: &Inbound,
+    request: Option<&RequestAttrs>,
+) -> Decision {
     let port = conn.attrs.destination_port;
     if AGENT_PORTS.contains(&port) {
         return Decision::from(Verdict::AgentPort);
@@ -62,7 +83,10 @@ pub fn admit(snapshot: &Snapshot, workload: &Workload, conn: &Inbound) -> Decisi
             return Decision::from(Verdict::StrictMtls);
         }
     }
-    evaluate(snapshot, workload, &conn.attrs)
+    match request {
+        None => evaluate(snapshot, workload, &conn.attrs),
+        Some(r) => evaluate_request(snapshot, workload, &conn.attrs, r),
+    }
 }
 
 #[cfg(test)]

@@ -1,22 +1,47 @@
-//! Whether one rule of a policy matches a connection.
+//! Whether one rule of a policy matches a connection, and at connection time
+//! whether that depends on the request (a rule naming HTTP attributes).
 
-use crate::config::resources::weft::{Operation, PolicyAction, PolicyRule, Source};
+use crate::config::resources::weft::{PolicyAction, PolicyRule, Source};
 
 use super::ConnectionAttrs;
+use super::operation::operation_matches;
+use super::request::RequestAttrs;
+
+/// A rule's match, three-valued: at connection time a condition on the
+/// request is `Maybe`. Ordered so that AND is `min` and OR is `max`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Match {
+    No,
+    Maybe,
+    Yes,
+}
+
+impl From<bool> for Match {
+    fn from(b: bool) -> Self {
+        if b { Match::Yes } else { Match::No }
+    }
+}
 
 /// `from` entries are ORed (none: any source), `to` entries likewise.
+/// `request` is `None` at connection time.
 pub(super) fn rule_matches(
     rule: &PolicyRule,
     action: PolicyAction,
     conn: &ConnectionAttrs,
-) -> bool {
+    request: Option<&RequestAttrs>,
+) -> Match {
     let from = rule.from.is_empty() || rule.from.iter().any(|f| source_matches(&f.source, conn));
-    let to = rule.to.is_empty()
-        || rule
-            .to
-            .iter()
-            .any(|t| operation_matches(&t.operation, action, conn));
-    from && to
+    if !from {
+        return Match::No;
+    }
+    if rule.to.is_empty() {
+        return Match::Yes;
+    }
+    rule.to
+        .iter()
+        .map(|t| operation_matches(&t.operation, action, conn, request))
+        .max()
+        .unwrap_or(Match::No)
 }
 
 /// Every field that is set must hold (AND); each list is an OR of its values.
@@ -31,34 +56,20 @@ fn source_matches(s: &Source, conn: &ConnectionAttrs) -> bool {
         && negative(&s.not_ip_blocks, |b| b.contains(&conn.source_ip))
 }
 
-fn operation_matches(op: &Operation, action: PolicyAction, conn: &ConnectionAttrs) -> bool {
-    let names_http = !(op.methods.is_empty()
-        && op.not_methods.is_empty()
-        && op.paths.is_empty()
-        && op.not_paths.is_empty());
-    if names_http {
-        // Fail safe at L4: an HTTP condition we cannot check never grants
-        // access, and always takes it away.
-        return action == PolicyAction::Deny;
-    }
-    let port = i32::from(conn.destination_port);
-    positive(&op.ports, |p| *p == port) && negative(&op.not_ports, |p| *p == port)
-}
-
 /// An empty list places no condition; otherwise one value must match.
-fn positive<T>(list: &[T], matches: impl Fn(&T) -> bool) -> bool {
+pub(super) fn positive<T>(list: &[T], matches: impl Fn(&T) -> bool) -> bool {
     list.is_empty() || list.iter().any(matches)
 }
 
 /// An empty list places no condition; otherwise no value may match.
-fn negative<T>(list: &[T], matches: impl Fn(&T) -> bool) -> bool {
+pub(super) fn negative<T>(list: &[T], matches: impl Fn(&T) -> bool) -> bool {
     !list.iter().any(matches)
 }
 
 /// Istio's string match: `*` is any present value, `abc*` a prefix, `*abc` a
 /// suffix, anything else exact. An absent value (plaintext has no principal or
 /// namespace) matches nothing.
-fn value_matches(pattern: &str, value: Option<&str>) -> bool {
+pub(super) fn value_matches(pattern: &str, value: Option<&str>) -> bool {
     let Some(value) = value else {
         return false;
     };

@@ -8,12 +8,18 @@
 //! everything. Inside a rule the `from` and `to` entries are ORed and the fields
 //! of one entry ANDed.
 //!
-//! This is the L4 part: HTTP attributes (`methods`, `paths`) cannot be seen
-//! here, so an operation that names them fails safe, as ztunnel does: it never
-//! matches for `ALLOW` and always matches for `DENY`.
+//! Two stages (docs/security.md, "L7 authorization"): at connection time,
+//! with L4 attributes only, a rule naming HTTP attributes (`methods`, `paths`,
+//! `hosts` and their `not` forms) may match or not, and when the outcome
+//! depends on it the verdict is `NeedsRequest`: the agent then parses HTTP on
+//! the connection and decides each request with `decide_request`. A pattern
+//! Weft cannot evaluate fails closed (never matches for `ALLOW`, always for
+//! `DENY`), as ztunnel does at L4.
 
 mod admission;
 mod matching;
+mod operation;
+mod request;
 mod review;
 
 use std::fmt;
@@ -23,8 +29,9 @@ use std::sync::Arc;
 use crate::config::resources::weft::PolicyAction;
 use crate::state::{AuthorizationPolicy, ResourceKey, Snapshot, Workload};
 
-pub use admission::{AGENT_PORTS, Inbound, Transport, admit};
-use matching::rule_matches;
+pub use admission::{AGENT_PORTS, Inbound, Transport, admit, admit_request};
+use matching::{Match, rule_matches};
+pub use request::{BadRequest, RequestAttrs, normalize_path, with_path};
 pub use review::{AdmissionGuard, AdmittedConnections, Revoked};
 
 /// What the destination agent knows of a connection when it decides.
@@ -105,6 +112,9 @@ pub enum Verdict {
     StrictMtls,
     /// Plaintext from the node's own address to a probe port: the kubelet's.
     NodeProbe,
+    /// Connection time only: the outcome depends on HTTP attributes, so each
+    /// request is decided (`decide_request`).
+    NeedsRequest,
 }
 
 impl Decision {
@@ -113,6 +123,12 @@ impl Decision {
             self.verdict,
             Verdict::AllowedNoPolicy | Verdict::Allowed(_) | Verdict::NodeProbe
         )
+    }
+
+    /// The connection is admitted on condition that each of its requests is
+    /// decided.
+    pub fn needs_request(&self) -> bool {
+        self.verdict == Verdict::NeedsRequest
     }
 }
 
@@ -140,51 +156,105 @@ impl fmt::Display for Verdict {
             }
             Verdict::StrictMtls => f.write_str("plaintext refused: namespace is strict mTLS"),
             Verdict::NodeProbe => f.write_str("allowed: the node probing a probe port"),
+            Verdict::NeedsRequest => {
+                f.write_str("each request decides: a policy names HTTP attributes")
+            }
         }
     }
 }
 
-/// Decides whether `conn` may reach `workload` under the policies of `snapshot`.
+/// Decides whether `conn` may reach `workload` under the policies of
+/// `snapshot`, at connection time: possibly `NeedsRequest`.
 pub fn evaluate(snapshot: &Snapshot, workload: &Workload, conn: &ConnectionAttrs) -> Decision {
     decide(snapshot.policies_for(workload), conn)
 }
 
-/// The decision over an explicit set of policies (those that select the workload).
+/// Decides one request of a connection whose verdict was `NeedsRequest`;
+/// never `NeedsRequest` itself.
+pub fn evaluate_request(
+    snapshot: &Snapshot,
+    workload: &Workload,
+    conn: &ConnectionAttrs,
+    request: &RequestAttrs,
+) -> Decision {
+    decide_request(snapshot.policies_for(workload), conn, request)
+}
+
+/// The connection-time decision over an explicit set of policies (those that
+/// select the workload).
 pub fn decide<'a>(
     policies: impl IntoIterator<Item = &'a Arc<AuthorizationPolicy>>,
     conn: &ConnectionAttrs,
 ) -> Decision {
+    decide_with(policies, conn, None)
+}
+
+/// The decision for one request over an explicit set of policies.
+pub fn decide_request<'a>(
+    policies: impl IntoIterator<Item = &'a Arc<AuthorizationPolicy>>,
+    conn: &ConnectionAttrs,
+    request: &RequestAttrs,
+) -> Decision {
+    decide_with(policies, conn, Some(request))
+}
+
+/// DENY before ALLOW, in three values: a `DENY` that may match, or an
+/// `ALLOW` that may be the only one to match, leaves the verdict to the
+/// request. With the request every match is `Yes` or `No`.
+fn decide_with<'a>(
+    policies: impl IntoIterator<Item = &'a Arc<AuthorizationPolicy>>,
+    conn: &ConnectionAttrs,
+    request: Option<&RequestAttrs>,
+) -> Decision {
     let mut audited = Vec::new();
     let mut denied = None;
+    let mut deny_maybe = false;
     let mut allowed = None;
+    let mut allow_maybe = false;
     let mut any_allow = false;
     for policy in policies {
         let matches = || {
             policy
                 .rules
                 .iter()
-                .any(|r| rule_matches(r, policy.action, conn))
+                .map(|r| rule_matches(r, policy.action, conn, request))
+                .max()
+                .unwrap_or(Match::No)
         };
         match policy.action {
-            PolicyAction::Deny if denied.is_none() && matches() => {
-                denied = Some(policy.key.clone())
-            }
+            PolicyAction::Deny if denied.is_none() => match matches() {
+                Match::Yes => denied = Some(policy.key.clone()),
+                Match::Maybe => deny_maybe = true,
+                Match::No => {}
+            },
             PolicyAction::Allow => {
                 any_allow = true;
-                if allowed.is_none() && matches() {
-                    allowed = Some(policy.key.clone());
+                if allowed.is_none() {
+                    match matches() {
+                        Match::Yes => allowed = Some(policy.key.clone()),
+                        Match::Maybe => allow_maybe = true,
+                        Match::No => {}
+                    }
                 }
             }
-            PolicyAction::Audit if matches() => audited.push(policy.key.clone()),
+            // AUDIT never decides; one that depends on the request is
+            // reported per request, once the connection is parsed.
+            PolicyAction::Audit if matches() == Match::Yes => audited.push(policy.key.clone()),
             _ => {}
         }
     }
     let verdict = match (denied, allowed) {
         (Some(deny), _) => Verdict::Denied(deny),
+        (None, None) if any_allow && !allow_maybe => Verdict::NotAllowed,
+        _ if deny_maybe => Verdict::NeedsRequest,
+        (None, None) if allow_maybe => Verdict::NeedsRequest,
         (None, Some(allow)) => Verdict::Allowed(allow),
-        (None, None) if any_allow => Verdict::NotAllowed,
         (None, None) => Verdict::AllowedNoPolicy,
     };
+    if verdict == Verdict::NeedsRequest {
+        // Each request reports its audits; none twice.
+        audited.clear();
+    }
     Decision { verdict, audited }
 }
 

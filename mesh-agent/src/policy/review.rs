@@ -6,6 +6,12 @@
 //! (issue 13, defect 12). Each carries a cancellation token that its data path
 //! watches: a review that denies it cancels the token, which ends the
 //! connection however far its admission got, without needing its socket.
+//!
+//! A connection whose requests are decided one by one (`NeedsRequest`) stays
+//! open while the review still says `NeedsRequest`: each request reads the
+//! current policies. A byte-copied one is closed when a review says
+//! `NeedsRequest`, since its requests cannot be checked: its client
+//! reconnects and is parsed (docs/security.md, "L7 authorization").
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +24,9 @@ use super::{Decision, Inbound};
 struct Admitted {
     conn: Inbound,
     revoke: CancellationToken,
+    /// Admitted with `NeedsRequest`: its requests are decided one by one.
+    /// Until the decision marks it, a review treats it as byte-copied.
+    parses_http: bool,
 }
 
 #[derive(Default)]
@@ -37,6 +46,8 @@ pub struct AdmissionGuard {
     registry: Weak<Inner>,
     id: u64,
     revoked: CancellationToken,
+    /// The connection, when each of its requests must be decided.
+    parsed: Option<Inbound>,
 }
 
 impl AdmissionGuard {
@@ -47,6 +58,12 @@ impl AdmissionGuard {
 
     pub fn is_revoked(&self) -> bool {
         self.revoked.is_cancelled()
+    }
+
+    /// `Some(connection)` when it was admitted with `NeedsRequest`: the data
+    /// path must parse HTTP and decide each request of it.
+    pub fn decides_requests(&self) -> Option<&Inbound> {
+        self.parsed.as_ref()
     }
 }
 
@@ -75,10 +92,17 @@ impl AdmittedConnections {
         conn: &Inbound,
         decide: impl FnOnce(&Inbound) -> Decision,
     ) -> Result<(AdmissionGuard, Decision), Decision> {
-        let guard = self.register(conn.clone());
+        let mut guard = self.register(conn.clone());
         // Not under the lock: a review may run meanwhile, and must see `conn`.
         let decision = decide(conn);
         if decision.is_allowed() {
+            Ok((guard, decision))
+        } else if decision.needs_request() {
+            // Absent when a review meanwhile revoked it (the guard says so).
+            if let Some(a) = lock(&self.inner.open).get_mut(&guard.id) {
+                a.parses_http = true;
+            }
+            guard.parsed = Some(conn.clone());
             Ok((guard, decision))
         } else {
             Err(decision)
@@ -92,8 +116,14 @@ impl AdmittedConnections {
             registry: Arc::downgrade(&self.inner),
             id,
             revoked: revoke.clone(),
+            parsed: None,
         };
-        lock(&self.inner.open).insert(id, Admitted { conn, revoke });
+        let admitted = Admitted {
+            conn,
+            revoke,
+            parses_http: false,
+        };
+        lock(&self.inner.open).insert(id, admitted);
         guard
     }
 
@@ -104,7 +134,7 @@ impl AdmittedConnections {
         let mut revoked = Vec::new();
         open.retain(|_, admitted| {
             let decision = decide(&admitted.conn);
-            if decision.is_allowed() {
+            if decision.is_allowed() || (admitted.parses_http && decision.needs_request()) {
                 return true;
             }
             admitted.revoke.cancel();
@@ -202,6 +232,52 @@ mod tests {
         let registry = AdmittedConnections::default();
         let decision = registry.admit(&conn(1), deny).err().expect("denied");
         assert_eq!(decision.verdict, Verdict::NotAllowed);
+        assert!(registry.is_empty());
+    }
+
+    fn needs_request(_: &Inbound) -> Decision {
+        Decision::from(Verdict::NeedsRequest)
+    }
+
+    #[test]
+    fn a_parsed_connection_stays_while_its_requests_are_decided() {
+        let registry = AdmittedConnections::default();
+        let (parsed, decision) = registry.admit(&conn(1), needs_request).expect("admitted");
+        assert!(decision.needs_request());
+        assert_eq!(parsed.decides_requests(), Some(&conn(1)));
+        assert!(registry.review(needs_request).is_empty());
+        assert!(registry.review(allow).is_empty());
+        assert_eq!(
+            registry.review(deny).len(),
+            1,
+            "a connection-level denial ends it"
+        );
+        assert!(parsed.is_revoked());
+    }
+
+    /// A byte-copied connection cannot have its requests checked: when a
+    /// policy change makes the outcome depend on them, it is closed.
+    #[test]
+    fn a_byte_copied_connection_closes_when_requests_start_to_matter() {
+        let registry = AdmittedConnections::default();
+        let (copied, _) = registry.admit(&conn(1), allow).expect("admitted");
+        assert_eq!(copied.decides_requests(), None);
+        assert_eq!(registry.review(needs_request).len(), 1);
+        assert!(copied.is_revoked());
+    }
+
+    /// A review between registration and the decision sees a connection not
+    /// yet marked as parsed, and fails closed.
+    #[test]
+    fn a_review_before_the_mark_treats_the_connection_as_byte_copied() {
+        let registry = AdmittedConnections::default();
+        let (guard, _) = registry
+            .admit(&conn(1), |c| {
+                registry.review(needs_request);
+                needs_request(c)
+            })
+            .expect("admitted");
+        assert!(guard.is_revoked());
         assert!(registry.is_empty());
     }
 

@@ -67,6 +67,8 @@ fn key(name: &str) -> ResourceKey {
 
 use PolicyAction::{Allow, Audit, Deny};
 
+mod l7;
+
 #[test]
 fn allow_deny_matrix() {
     let allow_frontend = || {
@@ -315,7 +317,7 @@ fn allow_deny_matrix() {
             Verdict::Allowed(key("allow-all")),
         ),
         (
-            "HTTP conditions never allow at L4",
+            "HTTP conditions in the only ALLOW leave it to the request",
             vec![policy(
                 "get-only",
                 Allow,
@@ -325,10 +327,10 @@ fn allow_deny_matrix() {
                 })],
             )],
             mtls(FRONTEND, "10.88.1.10", 8443),
-            Verdict::NotAllowed,
+            Verdict::NeedsRequest,
         ),
         (
-            "HTTP conditions always deny at L4",
+            "HTTP conditions in a DENY leave it to the request",
             vec![policy(
                 "no-delete",
                 Deny,
@@ -338,7 +340,7 @@ fn allow_deny_matrix() {
                 })],
             )],
             mtls(FRONTEND, "10.88.1.10", 8443),
-            Verdict::Denied(key("no-delete")),
+            Verdict::NeedsRequest,
         ),
         (
             "AUDIT does not decide",

@@ -7,17 +7,22 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, DuplexStream};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::either::Either;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::accept::{accept_loop, accept_loop_with};
 use super::copy::{CopyObserver, CopyResult, Direction};
+use super::http::inbound::{self as http_inbound, Served};
 use super::pod::{ConnectionPermit, PodConnections};
 use super::tunnel::{PeerCertificate, Refusal, StreamHandler, serve_connection_until};
 use super::{Dialer, Shared, bridge, dial, reset};
-use crate::policy::AdmissionGuard;
-use crate::telemetry::{ConnectionLabels, ConnectionMetrics, RefuseReason};
+use crate::policy::{AdmissionGuard, Inbound, RequestAttrs};
+use crate::telemetry::{
+    ConnectionLabels, ConnectionMetrics, Metrics, RefuseReason, RequestProtocol, RequestRecord,
+};
 use revocable::Revocable;
 
 mod revocable;
@@ -54,6 +59,14 @@ pub trait InboundContext: Send + Sync + 'static {
         peer: SocketAddr,
         local: SocketAddr,
     ) -> Result<Admission, Refusal>;
+
+    /// May this request of `conn` (admitted with `NeedsRequest`) reach the
+    /// app, under the current policies? A context whose admissions never
+    /// need the request keeps the default, which fails closed.
+    fn authorize_request(&self, conn: &Inbound, request: &RequestAttrs) -> bool {
+        let _ = (conn, request);
+        false
+    }
 }
 
 /// An admitted inbound connection, before the app is dialled.
@@ -138,15 +151,80 @@ impl CopyObserver for StreamSession {
     }
 }
 
+/// The app side of an admitted connection: the app's socket, or for a
+/// connection whose requests are decided one by one, the pipe to the HTTP
+/// server in front of it (`http::inbound`).
+type AppSide = Either<Revocable<TcpStream>, DuplexStream>;
+
+/// The connection and its revocation, when its admission decides each
+/// request (taken before the guard moves into the app stream).
+fn decides_requests(review: &Option<AdmissionGuard>) -> Option<(Inbound, CancellationToken)> {
+    let guard = review.as_ref()?;
+    Some((guard.decides_requests()?.clone(), guard.revoked().clone()))
+}
+
+/// `upstream` as the copy loop sees it: unchanged unless the admission
+/// decides each request; then each request is reported with the
+/// connection's labels (reporter `destination`).
+fn app_side<C: InboundContext>(
+    ctx: &Arc<C>,
+    upstream: Revocable<TcpStream>,
+    parsed: Option<(Inbound, CancellationToken)>,
+    metrics: &Arc<Metrics>,
+    labels: &ConnectionLabels,
+    app: SocketAddr,
+) -> AppSide {
+    let Some((conn, revoked)) = parsed else {
+        return Either::Left(upstream);
+    };
+    let ctx = Arc::clone(ctx);
+    let authorize = move |r: &RequestAttrs| ctx.authorize_request(&conn, r);
+    let observe = request_reporter(Arc::clone(metrics), labels.clone(), app);
+    Either::Right(http_inbound::spawn(upstream, revoked, authorize, observe))
+}
+
+fn request_reporter(
+    metrics: Arc<Metrics>,
+    labels: ConnectionLabels,
+    app: SocketAddr,
+) -> impl Fn(&Served) + Send + Sync + 'static {
+    let source_pod = match labels.source_workload.as_str() {
+        "" => "-".to_owned(),
+        w => format!("{}/{w}", labels.source_workload_namespace),
+    };
+    let destination = app.to_string();
+    move |s: &Served| {
+        metrics.record_request(&RequestRecord {
+            labels: &labels,
+            protocol: if s.grpc {
+                RequestProtocol::Grpc
+            } else {
+                RequestProtocol::Http
+            },
+            response_code: s.status.map_or(0, |c| c.as_u16()),
+            grpc_status: s.grpc_status,
+            flag: s.flag,
+            duration: s.duration,
+            request_bytes: s.request_bytes,
+            response_bytes: s.response_bytes,
+            method: &s.method,
+            path: &s.path,
+            authority: &s.authority,
+            source_pod: &source_pod,
+            destination: &destination,
+        });
+    }
+}
+
 impl<C: InboundContext> StreamHandler<C::Peer> for TunnelHandler<C> {
-    type Upstream = Revocable<TcpStream>;
+    type Upstream = AppSide;
     type Session = StreamSession;
 
     async fn open(
         &self,
         target: SocketAddr,
         peer: &C::Peer,
-    ) -> Result<(Revocable<TcpStream>, StreamSession), Refusal> {
+    ) -> Result<(AppSide, StreamSession), Refusal> {
         let metrics = &self.shared.metrics;
         let Some(permit) = self.pod.try_acquire() else {
             metrics.refused(RefuseReason::Limit);
@@ -168,12 +246,21 @@ impl<C: InboundContext> StreamHandler<C::Peer> for TunnelHandler<C> {
             Refusal::unavailable(format!("connect {target}: {e}"))
         })?;
         let _ = upstream.set_nodelay(true);
+        let parsed = decides_requests(&admission.review);
         let upstream = Revocable::new(upstream, admission.review);
         if upstream.is_revoked() {
             metrics.refused(RefuseReason::Policy);
             debug!(pod = self.pod.name(), %target, "tunnel stream revoked while connecting to the app");
             return Err(Refusal::forbidden("a policy change revoked it"));
         }
+        let upstream = app_side(
+            &self.ctx,
+            upstream,
+            parsed,
+            metrics,
+            &admission.labels,
+            target,
+        );
         Ok((
             upstream,
             StreamSession {
@@ -200,7 +287,7 @@ pub async fn run_inbound_plaintext<C: InboundContext>(
         |client, peer, mut permit| {
             let (ctx, shared, pod) = (ctx.clone(), shared.clone(), pod.clone());
             async move {
-                plaintext(client, peer, &*ctx, &shared, &pod, &mut permit).await;
+                plaintext(client, peer, &ctx, &shared, &pod, &mut permit).await;
                 drop(permit);
             }
         },
@@ -211,7 +298,7 @@ pub async fn run_inbound_plaintext<C: InboundContext>(
 async fn plaintext<C: InboundContext>(
     mut client: TcpStream,
     peer: SocketAddr,
-    ctx: &C,
+    ctx: &Arc<C>,
     shared: &Shared,
     pod: &PodConnections,
     permit: &mut ConnectionPermit,
@@ -245,12 +332,14 @@ async fn plaintext<C: InboundContext>(
         }
     };
     let _ = upstream.set_nodelay(true);
-    let mut upstream = Revocable::new(upstream, admission.review);
+    let parsed = decides_requests(&admission.review);
+    let upstream = Revocable::new(upstream, admission.review);
     if upstream.is_revoked() {
         metrics.refused(RefuseReason::Policy);
         debug!(pod = pod.name(), %peer, %local, "plaintext inbound revoked while connecting to the app");
         return reset(client);
     }
+    let mut upstream = app_side(ctx, upstream, parsed, metrics, &admission.labels, local);
     let conn = metrics.connection(&admission.labels);
     bridge(
         &mut client,

@@ -1,7 +1,8 @@
 //! The inbound admission rules of one pod: the tunnel's peer identity, strict
 //! mTLS, and AuthorizationPolicy, decided at this (the destination) agent.
 //! Admitted connections stay under review: a policy change that denies them
-//! closes them.
+//! closes them. A connection whose outcome depends on HTTP attributes has
+//! each of its requests decided here too (`authorize_request`).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -14,7 +15,9 @@ use tracing::{debug, info, warn};
 use super::pod_context::{NetnsDialer, PodContext};
 use super::resolve::workload_label;
 use crate::identity::tls;
-use crate::policy::{self, AdmissionGuard, ConnectionAttrs, Decision, Inbound, Verdict};
+use crate::policy::{
+    self, AdmissionGuard, ConnectionAttrs, Decision, Inbound, RequestAttrs, Verdict,
+};
 use crate::proxy::InboundContext;
 use crate::proxy::inbound::Admission;
 use crate::proxy::tunnel::Refusal;
@@ -186,5 +189,19 @@ impl InboundContext for PodContext {
             labels: self.inbound_labels(peer.ip(), None),
             review: Some(review),
         })
+    }
+
+    fn authorize_request(&self, conn: &Inbound, request: &RequestAttrs) -> bool {
+        let snapshot = self.state.current();
+        let workload = self.current_workload(&snapshot);
+        let decision = policy::admit_request(&snapshot, workload, conn, request);
+        for policy in &decision.audited {
+            info!(pod = %self.workload.key, connection = %conn.attrs, %request, %policy, allowed = decision.is_allowed(), "audit");
+        }
+        if !decision.is_allowed() {
+            // A remote peer triggers this at will: debug only (counted by the caller).
+            debug!(pod = %self.workload.key, connection = %conn.attrs, %request, decision = %decision.verdict, "request denied");
+        }
+        decision.is_allowed()
     }
 }

@@ -105,8 +105,9 @@ pub struct RuleTo {
     pub operation: Operation,
 }
 
-/// What is asked: destination ports, and for HTTP the methods and paths
-/// (`*` prefix or suffix wildcards).
+/// What is asked: destination ports, and for HTTP the methods, paths and
+/// hosts (`*` prefix or suffix wildcards; hosts case-insensitive, with or
+/// without a port).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Operation {
@@ -122,6 +123,10 @@ pub struct Operation {
     pub paths: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_paths: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_hosts: Vec<String>,
 }
 
 /// What Gateway API lacks, for one Service of the policy's namespace.

@@ -43,7 +43,7 @@ pub fn authorization(ck: &mut Ck<'_>, p: &AuthorizationPolicy) {
             if *o == Operation::default() {
                 ck.err(
                     &f,
-                    "must set at least one field (ports, notPorts, methods, notMethods, paths, notPaths): \
+                    "must set at least one field (ports, notPorts, methods, notMethods, paths, notPaths, hosts, notHosts): \
                      an empty operation matches every request; leave out `to` to mean any operation",
                 );
             }
@@ -61,6 +61,16 @@ pub fn authorization(ck: &mut Ck<'_>, p: &AuthorizationPolicy) {
                                 "must be an upper-case HTTP method ({}) or \"*\" (got {m:?})",
                                 METHODS.join(", ")
                             ),
+                        );
+                    }
+                }
+            }
+            for (name, list) in [("hosts", &o.hosts), ("notHosts", &o.not_hosts)] {
+                for (k, host) in list.iter().enumerate() {
+                    if host.is_empty() {
+                        ck.err(
+                            format!("{f}.{name}[{k}]"),
+                            "must not be empty: use \"*\" for any",
                         );
                     }
                 }

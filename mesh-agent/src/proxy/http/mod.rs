@@ -7,6 +7,7 @@
 mod body;
 mod classify;
 pub mod detect;
+pub mod inbound;
 mod headers;
 mod mirror;
 pub mod outbound;
