@@ -282,3 +282,60 @@ async fn an_app_that_is_gone_gives_502() {
         Outcome::UpstreamFailed
     );
 }
+
+/// An app that switches protocols on request, then echoes bytes.
+fn upgrading_app() -> DuplexStream {
+    let (ours, theirs) = tokio::io::duplex(64 * 1024);
+    tokio::spawn(async move {
+        let service = hyper::service::service_fn(|mut req: Request<Incoming>| async move {
+            let upgraded = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                if let Ok(io) = upgraded.await {
+                    let (mut r, mut w) = tokio::io::split(TokioIo::new(io));
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                }
+            });
+            let mut resp = Response::new(Full::new(Bytes::new()));
+            *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            resp.headers_mut()
+                .insert(header::UPGRADE, HeaderValue::from_static("echo"));
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            Ok::<_, Infallible>(resp)
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(theirs), service)
+            .with_upgrades()
+            .await;
+    });
+    ours
+}
+
+/// An allowed `Upgrade` (WebSocket and the like) becomes a byte stream
+/// after the app's `101`.
+#[tokio::test]
+async fn an_allowed_upgrade_passes_through() {
+    let (_, observe) = observer();
+    let mut client = spawn(upgrading_app(), CancellationToken::new(), no_admin, observe);
+    client
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nhost: shop\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n",
+        )
+        .await
+        .expect("write");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(client.read(&mut byte).await.expect("read"), 1);
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).expect("utf8");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    client.write_all(b"ping").await.expect("write");
+    let mut echoed = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(2), client.read_exact(&mut echoed))
+        .await
+        .expect("echoed in time")
+        .expect("read");
+    assert_eq!(&echoed, b"ping");
+}
