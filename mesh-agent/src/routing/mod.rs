@@ -77,6 +77,10 @@ pub enum RespondReason {
     /// The rule has no backendRef that may receive traffic: 500, as Gateway
     /// API says for missing, zero-weight or invalid backends.
     NoBackend,
+    /// The rule uses an `ExtensionRef` filter, which Weft cannot carry out:
+    /// Gateway API says such a filter must not be skipped, the request gets
+    /// a 500.
+    UnsupportedFilter,
     /// The chosen backendRef names a Service that does not exist, or one in
     /// another namespace that no ReferenceGrant there permits: 500.
     InvalidBackend,
@@ -89,6 +93,7 @@ impl fmt::Display for RespondReason {
             RespondReason::Redirect => "redirect",
             RespondReason::NoBackend => "no_backend",
             RespondReason::InvalidBackend => "invalid_backend",
+            RespondReason::UnsupportedFilter => "unsupported_filter",
         })
     }
 }
@@ -130,6 +135,14 @@ pub fn route<'a>(
             reason: RespondReason::Redirect,
         });
     }
+    let unsupported =
+        |filters: &[HTTPRouteFilter]| filters.iter().any(|f| f.type_ == FilterType::ExtensionRef);
+    if unsupported(&rule.filters) {
+        return respond(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            RespondReason::UnsupportedFilter,
+        );
+    }
     let Some(backend) = pick_weighted(&rule.backends, roll) else {
         return respond(StatusCode::INTERNAL_SERVER_ERROR, RespondReason::NoBackend);
     };
@@ -146,6 +159,12 @@ pub fn route<'a>(
         return respond(
             StatusCode::INTERNAL_SERVER_ERROR,
             RespondReason::InvalidBackend,
+        );
+    }
+    if unsupported(&backend.filters) {
+        return respond(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            RespondReason::UnsupportedFilter,
         );
     }
     Decision::Forward(Forward {

@@ -430,3 +430,23 @@ fn a_backend_in_another_namespace_needs_a_reference_grant_there() {
         "v1"
     );
 }
+
+#[test]
+fn an_extension_ref_filter_is_never_skipped_its_requests_get_500() {
+    let rules = r#"
+    - matches: [{path: {type: Exact, value: /ext}}]
+      filters: [{type: ExtensionRef, extensionRef: {group: example.com, kind: Thing, name: t}}]
+      backendRefs: [{name: v1, port: 80}]
+    - matches: [{path: {type: Exact, value: /backend-ext}}]
+      backendRefs:
+        - name: v2
+          port: 80
+          filters: [{type: ExtensionRef, extensionRef: {group: example.com, kind: Thing, name: t}}]
+    - matches: [{path: {type: Exact, value: /ok}}]
+      backendRefs: [{name: v1, port: 80}]
+"#;
+    let s = snapshot(&route_yaml("r", "shop", "2026-01-01T00:00:00Z", rules));
+    assert_eq!(outcome(&s, "shop", &req("GET", "/ext", &[])), "500");
+    assert_eq!(outcome(&s, "shop", &req("GET", "/backend-ext", &[])), "500");
+    assert_eq!(outcome(&s, "shop", &req("GET", "/ok", &[])), "v1");
+}

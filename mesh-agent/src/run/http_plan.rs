@@ -82,9 +82,9 @@ pub fn plan_request(
             let flag = match r.reason {
                 RespondReason::NoRouteMatched => ResponseFlag::NoRouteFound,
                 RespondReason::Redirect => ResponseFlag::None,
-                RespondReason::NoBackend | RespondReason::InvalidBackend => {
-                    ResponseFlag::NoHealthyUpstream
-                }
+                RespondReason::NoBackend
+                | RespondReason::InvalidBackend
+                | RespondReason::UnsupportedFilter => ResponseFlag::NoHealthyUpstream,
             };
             return respond(r.status, r.location, flag);
         }
