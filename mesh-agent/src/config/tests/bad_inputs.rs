@@ -108,6 +108,7 @@ fn cases() -> Vec<(
         ("invalid CIDR", authz("rules: [{from: [{source: {ipBlocks: [10.0.0.0/33]}}]}]"), "AuthorizationPolicy shop/p", "spec.rules[0].from[0].source.ipBlocks[0]", "invalid IP block \"10.0.0.0/33\""),
         ("policy port out of range", authz("rules: [{to: [{operation: {ports: [0]}}]}]"), "AuthorizationPolicy shop/p", "spec.rules[0].to[0].operation.ports[0]", "between 1 and 65535"),
         ("policy method lower-case", authz("rules: [{to: [{operation: {methods: [get]}}]}]"), "AuthorizationPolicy shop/p", "spec.rules[0].to[0].operation.methods[0]", "upper-case HTTP method"),
+        ("policy host empty", authz("rules: [{to: [{operation: {notHosts: [a.example, '']}}]}]"), "AuthorizationPolicy shop/p", "spec.rules[0].to[0].operation.notHosts[1]", "must not be empty"),
         ("traffic policy target missing", traffic("").replace("name: web", "name: nope"), "TrafficPolicy shop/t", "spec.targetRef.name", "Service shop/nope does not exist"),
         ("traffic policy target kind", traffic("").replace("kind: Service", "kind: Deployment"), "TrafficPolicy shop/t", "spec.targetRef.kind", "must be Service"),
         ("fault percentage", traffic("fault: {abort: {httpStatus: 503, percentage: 150}}"), "TrafficPolicy shop/t", "spec.fault.abort.percentage", "between 0 and 100 (got 150)"),
