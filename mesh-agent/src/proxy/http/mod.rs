@@ -7,8 +7,9 @@
 mod body;
 mod classify;
 pub mod detect;
-pub mod inbound;
+mod forward;
 mod headers;
+pub mod inbound;
 mod mirror;
 pub mod outbound;
 mod respond;
