@@ -240,7 +240,10 @@ fn load(mesh: &MeshLab, route: &Route, conns: u32, duration: Duration) -> Result
             &route.url,
             conns,
             duration,
-            &mesh.lab.run_dir().join("h2load.log"),
+            // Not in the lab's run dir: the agents watch their config file's
+            // directory, and every write of the log would wake their watcher
+            // (perf: a tenth of the agents' CPU in the h2c rows).
+            &std::env::temp_dir().join(format!("weft-bench-h2load-{}.log", std::process::id())),
         ),
     }
 }
