@@ -19,13 +19,14 @@ use tracing::debug;
 
 use super::body::{Counted, Finish, Progress, Reporting, grpc_status};
 use super::headers::{ensure_request_id, is_upgrade, strip_hop_by_hop};
+use super::metered::Metered;
 use super::outbound::{Conn, Seen, local};
 use super::upstream::UpstreamError;
 use super::{Body, Forward, mirror, respond};
 use crate::proxy::dial;
 use crate::proxy::outbound::{OutboundContext, OutboundTarget};
 use crate::routing::{apply_request, apply_response};
-use crate::telemetry::ResponseFlag;
+use crate::telemetry::{ConnectionLabels, ResponseFlag};
 
 /// Why no upstream response came.
 enum Failure {
@@ -88,7 +89,11 @@ pub(super) async fn proxy<C: OutboundContext>(
         }
     };
     let destination = addr.to_string();
-    let sent = conn.http.upstreams.send(addr, req, || open.open(conn));
+    let labels = &forward.labels;
+    let sent = conn
+        .http
+        .upstreams
+        .send(addr, req, || open.open(conn, labels));
     let deadline = match (forward.timeouts.request, forward.timeouts.backend_request) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
@@ -197,7 +202,7 @@ fn send_mirrors<C: OutboundContext>(
             match conn
                 .http
                 .upstreams
-                .send(addr, req, || opener.open(&conn))
+                .send(addr, req, || opener.open(&conn, &conn.service.labels))
                 .await
             {
                 Ok(response) => {
@@ -231,22 +236,25 @@ enum Opener<'k, K> {
 }
 
 impl<K: Clone + Eq + std::hash::Hash + Send + Sync + 'static> Opener<'_, K> {
+    /// A new connection, counted in the TCP series under `labels`.
     async fn open<C: OutboundContext<PoolKey = K>>(
         &self,
         conn: &Conn<C>,
-    ) -> io::Result<Either<crate::proxy::tunnel::TunnelStream, TcpStream>> {
-        match *self {
+        labels: &ConnectionLabels,
+    ) -> io::Result<Metered<Either<crate::proxy::tunnel::TunnelStream, TcpStream>>> {
+        let io = match *self {
             Opener::Tunnel(tunnel_addr, target, key) => conn
                 .pool
                 .connect(key, target, || conn.ctx.connect_tunnel(tunnel_addr, key))
                 .await
                 .map(Either::Left)
-                .map_err(io::Error::other),
+                .map_err(io::Error::other)?,
             Opener::Direct(addr) => {
                 let s = dial(conn.ctx.dialer(), addr, conn.shared.config.connect_timeout).await?;
                 let _ = s.set_nodelay(true);
-                Ok(Either::Right(s))
+                Either::Right(s)
             }
-        }
+        };
+        Ok(Metered::new(io, conn.shared.metrics.connection(labels)))
     }
 }

@@ -10,6 +10,7 @@ pub mod detect;
 mod forward;
 mod headers;
 pub mod inbound;
+mod metered;
 mod mirror;
 pub mod outbound;
 mod respond;
