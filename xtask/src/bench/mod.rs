@@ -12,6 +12,8 @@
 //!   direct, Weft L4, Weft L7 (a Service port declared HTTP), an Envoy L4
 //!   pair and an Envoy L7 pair; the report is written to
 //!   `target/bench/report.md` and printed.
+//! - Idle connections (idle_conns.rs): what one costs both agents in memory
+//!   and descriptors, at 10,000.
 
 mod budgets;
 mod compare;
@@ -20,6 +22,7 @@ mod envoy;
 mod envoy_config;
 mod h2load;
 mod http;
+mod idle_conns;
 mod l7_service;
 mod procs;
 mod report;
@@ -78,6 +81,13 @@ pub struct BenchArgs {
     /// (`--concurrency`) in the comparison.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     workers: u64,
+    /// Idle connections held through both agents to measure what each costs
+    /// (idle_conns.rs; 0 skips; not with `--l7-only`).
+    #[arg(long, default_value_t = 10_000)]
+    idle_conns: u64,
+    /// Only the idle-connections measurement.
+    #[arg(long, conflicts_with_all = ["envoy_only", "l7_only", "data_path_only"])]
+    idle_only: bool,
     /// An extra flag for every agent on every path (repeatable), to compare settings.
     #[arg(long = "agent-arg", allow_hyphen_values = true)]
     agent_args: Vec<String>,
@@ -94,7 +104,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         release_binaries()?;
         return crate::bench_kube::run();
     }
-    let comparison_only = args.envoy_only || args.l7_only;
+    let comparison_only = args.envoy_only || args.l7_only || args.idle_only;
     if !args.data_path_only && !comparison_only {
         step(
             "state: snapshot of 10k Services, 100k Pods, 10k HTTPRoutes",
@@ -108,8 +118,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let figures = data_path::measure_all(&args.agent_args, reps)?;
         failed.extend(data_path::print_report(&figures));
     }
-    if !args.no_envoy {
-        let (report, over) = compare::run(&compare::Options {
+    let mut report = String::new();
+    if !args.no_envoy && !args.idle_only {
+        let (compared, over) = compare::run(&compare::Options {
             setup: report::Setup {
                 reps,
                 secs: args.secs,
@@ -119,12 +130,23 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             agent_args: &args.agent_args,
             l7_only: args.l7_only,
         })?;
+        report.push_str(&compared);
+        failed.extend(over);
+    }
+    if args.idle_conns > 0 && !args.l7_only {
+        let workers = args.workers.to_string();
+        let mut flags = vec!["--worker-threads", workers.as_str()];
+        flags.extend(args.agent_args.iter().map(String::as_str));
+        let (idle, over) = idle_conns::measure(args.idle_conns, &flags)?.render();
+        report.push_str(&idle);
+        failed.extend(over);
+    }
+    if !report.is_empty() {
         let dir = workspace_root().join("target/bench");
         std::fs::create_dir_all(&dir)?;
         let path = dir.join("report.md");
         std::fs::write(&path, &report)?;
         println!("\n{report}\n(written to {})", path.display());
-        failed.extend(over);
     }
     if !failed.is_empty() {
         bail!("over budget: {}", failed.join("; "));

@@ -21,6 +21,8 @@
 //! - `say ADDR TEXT`: one connection; sends TEXT and checks the echo matches.
 //! - `stream ADDR --secs S`: one connection echoing a line every 100 ms until
 //!   it is closed under us (`closed`), an echo stalls 10 s (`stalled`) or S seconds pass (`timeout`); prints how it ended.
+//! - `idle ADDR --conns N`: N connections kept open and silent until stdin
+//!   closes (`idle.rs`).
 //! - `flood ADDR --rate R --secs S --hold-ms H`: R connection attempts per second
 //!   that never speak (as an unauthenticated client stuck before its TLS
 //!   handshake), each kept open H ms unless the server closes it first; prints
@@ -32,6 +34,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 mod http_echo;
+mod idle;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -56,6 +59,7 @@ fn main() {
         Some("say") => say(&args),
         Some("stream") => stream(&args),
         Some("flood") => flood(&args),
+        Some("idle") => idle::idle(&args),
         _ => Err("usage: weft-load echo|sink|http PORT | rr|connect|bulk ADDR [options]".into()),
     };
     if let Err(e) = result {
