@@ -142,7 +142,7 @@ pub(super) async fn proxy<C: OutboundContext>(
     };
 
     let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS
-        || (seen.method == "CONNECT" && response.status().is_success());
+        || (seen.method == http::Method::CONNECT && response.status().is_success());
     if let (true, Some(client)) = (upgraded, client_upgrade) {
         let upstream = hyper::upgrade::on(&mut response);
         tokio::spawn(async move {

@@ -8,7 +8,8 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::uri::{self, PathAndQuery};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -134,14 +135,22 @@ fn malformed<C: OutboundContext>(conn: &Conn<C>, e: &(dyn std::error::Error + 's
     });
 }
 
-/// What the access log and tap show of a request; owned, as the report
-/// comes after the request has been handed on.
+/// What the access log and tap show of a request, kept past the hand-off.
+/// Reference-counted clones of the parsed head, not copies: a request
+/// reported only to the metrics allocates nothing for it.
 pub(super) struct Seen {
-    pub(super) method: String,
-    path: String,
-    authority: String,
+    pub(super) method: Method,
+    path: Option<PathAndQuery>,
+    authority: Authority,
     protocol: RequestProtocol,
     start: Instant,
+}
+
+/// `:authority` (HTTP/2) or `Host` (HTTP/1.1), as `RequestHead::authority`.
+enum Authority {
+    Uri(uri::Authority),
+    Host(HeaderValue),
+    None,
 }
 
 impl Seen {
@@ -150,22 +159,33 @@ impl Seen {
             .headers()
             .get(header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let authority = match (req.uri().authority(), req.headers().get(header::HOST)) {
+            (Some(a), _) => Authority::Uri(a.clone()),
+            (None, Some(host)) => Authority::Host(host.clone()),
+            (None, None) => Authority::None,
+        };
         Seen {
-            method: req.method().to_string(),
-            path: req
-                .uri()
-                .path_and_query()
-                .map_or_else(|| "/".into(), |p| p.to_string()),
-            authority: RequestHead::new(req.method(), req.uri(), req.headers())
-                .authority()
-                .unwrap_or_default()
-                .to_owned(),
+            method: req.method().clone(),
+            path: req.uri().path_and_query().cloned(),
+            authority,
             protocol: if grpc {
                 RequestProtocol::Grpc
             } else {
                 RequestProtocol::Http
             },
             start: Instant::now(),
+        }
+    }
+
+    fn path(&self) -> &str {
+        self.path.as_ref().map_or("/", PathAndQuery::as_str)
+    }
+
+    fn authority(&self) -> &str {
+        match &self.authority {
+            Authority::Uri(a) => a.as_str(),
+            Authority::Host(h) => h.to_str().unwrap_or_default(),
+            Authority::None => "",
         }
     }
 }
@@ -235,9 +255,9 @@ impl<C: OutboundContext> Conn<C> {
             duration: seen.start.elapsed(),
             request_bytes,
             response_bytes,
-            method: &seen.method,
-            path: &seen.path,
-            authority: &seen.authority,
+            method: seen.method.as_str(),
+            path: seen.path(),
+            authority: seen.authority(),
             source_pod: &self.source,
             destination,
         });

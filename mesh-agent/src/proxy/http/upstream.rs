@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use http::{Request, Response, Version};
@@ -20,10 +20,11 @@ use tracing::debug;
 
 use super::Body;
 
-/// Idle HTTP/1.1 connections kept per endpoint; more are closed.
-const MAX_IDLE_PER_ENDPOINT: usize = 32;
+/// HTTP/1.1 connections kept per endpoint, in use or free; more are closed
+/// once their response is read.
+const MAX_KEPT_PER_ENDPOINT: usize = 32;
 
-/// An idle HTTP/1.1 connection is closed after this long unused (each holds
+/// A kept HTTP/1.1 connection is closed after this long unused (each holds
 /// a tunnel stream and a socket to the app on the destination).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -41,25 +42,47 @@ pub enum UpstreamError {
     Request(hyper::Error),
 }
 
-struct Idle {
-    id: u64,
+/// A kept HTTP/1.1 connection: in use until its response is read whole
+/// (`is_ready`), then free for the next request to its endpoint.
+struct Kept {
     sender: http1::SendRequest<Body>,
+    /// When its last request was sent.
+    used: Instant,
 }
 
-#[derive(Default)]
 struct Inner {
-    idle: HashMap<SocketAddr, Vec<Idle>>,
+    h1: HashMap<SocketAddr, Vec<Kept>>,
     h2: HashMap<SocketAddr, http2::SendRequest<Body>>,
-    next_id: u64,
+    idle_timeout: Duration,
+    /// A sweeper task runs while any HTTP/1.1 connection is kept.
+    sweeping: bool,
 }
 
 /// One pod's upstream connections; cheap to clone.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Upstreams {
     inner: Arc<Mutex<Inner>>,
 }
 
+impl Default for Upstreams {
+    fn default() -> Self {
+        Self::with_idle_timeout(IDLE_TIMEOUT)
+    }
+}
+
 impl Upstreams {
+    /// Kept HTTP/1.1 connections unused for `idle_timeout` are closed.
+    pub fn with_idle_timeout(idle_timeout: Duration) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(Inner {
+                h1: HashMap::new(),
+                h2: HashMap::new(),
+                idle_timeout,
+                sweeping: false,
+            })),
+        }
+    }
+
     /// Sends `req` to `addr` in the request's own HTTP version, reusing a
     /// connection when one is free, else opening a transport with `open`.
     pub async fn send<F, Fut, T>(
@@ -132,12 +155,12 @@ impl Upstreams {
         Fut: Future<Output = io::Result<T>>,
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        // An idle connection the endpoint closed meanwhile refuses the request
+        // A kept connection the endpoint closed meanwhile refuses the request
         // unsent; then it goes on the next one, or a new one.
-        while let Some(mut sender) = self.take_idle(addr) {
+        while let Some(mut sender) = self.take_free(addr) {
             match sender.try_send_request(req).await {
                 Ok(response) => {
-                    self.give_back_when_ready(addr, sender);
+                    self.keep(addr, sender);
                     return Ok(response);
                 }
                 Err(mut e) => match e.take_message() {
@@ -160,63 +183,82 @@ impl Upstreams {
             .send_request(req)
             .await
             .map_err(UpstreamError::Request)?;
-        self.give_back_when_ready(addr, sender);
+        self.keep(addr, sender);
         Ok(response)
     }
 
-    fn take_idle(&self, addr: SocketAddr) -> Option<http1::SendRequest<Body>> {
+    /// A kept connection to `addr` whose last response has been read whole.
+    /// Closed and expired ones are dropped on the way.
+    fn take_free(&self, addr: SocketAddr) -> Option<http1::SendRequest<Body>> {
         let mut inner = self.lock();
-        let idle = inner.idle.get_mut(&addr)?;
-        while let Some(i) = idle.pop() {
-            if i.sender.is_ready() {
-                return Some(i.sender);
-            }
-        }
-        None
+        let idle_timeout = inner.idle_timeout;
+        let kept = inner.h1.get_mut(&addr)?;
+        kept.retain(|k| !k.sender.is_closed() && k.used.elapsed() < idle_timeout);
+        let free = kept.iter().position(|k| k.sender.is_ready())?;
+        Some(kept.swap_remove(free).sender)
     }
 
-    /// Once the response has been read whole, the connection is free again:
-    /// it goes back to the idle set, and is closed if still there after
-    /// `IDLE_TIMEOUT`. A connection that is not reusable (upgraded, closed,
-    /// its response abandoned) never becomes ready and is dropped.
-    fn give_back_when_ready(&self, addr: SocketAddr, mut sender: http1::SendRequest<Body>) {
-        let this = self.clone();
-        tokio::spawn(async move {
-            if sender.ready().await.is_err() {
-                return;
-            }
-            let id = {
-                let mut inner = this.lock();
-                inner.next_id += 1;
-                let id = inner.next_id;
-                let idle = inner.idle.entry(addr).or_default();
-                if idle.len() >= MAX_IDLE_PER_ENDPOINT {
-                    return;
-                }
-                idle.push(Idle { id, sender });
-                id
-            };
-            tokio::time::sleep_until(Instant::now() + IDLE_TIMEOUT).await;
-            let mut inner = this.lock();
-            if let Some(idle) = inner.idle.get_mut(&addr) {
-                idle.retain(|i| i.id != id);
-                if idle.is_empty() {
-                    inner.idle.remove(&addr);
-                }
-            }
+    /// Keeps a connection whose request was just sent: it is in use until
+    /// its response has been read whole, then free (`take_free`). No task
+    /// waits on it: a busy connection is skipped, an upgraded, closed or
+    /// abandoned one never becomes free and is dropped by the sweeper, and a
+    /// connection not reused for the idle timeout is dropped (closing it).
+    fn keep(&self, addr: SocketAddr, sender: http1::SendRequest<Body>) {
+        let mut inner = self.lock();
+        let kept = inner.h1.entry(addr).or_default();
+        if kept.len() >= MAX_KEPT_PER_ENDPOINT {
+            // Dropping the sender closes the connection after this response.
+            return;
+        }
+        kept.push(Kept {
+            sender,
+            used: Instant::now(),
         });
+        if !inner.sweeping {
+            inner.sweeping = true;
+            tokio::spawn(sweep(Arc::downgrade(&self.inner)));
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // A panic while holding the lock cannot leave the maps inconsistent.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.inner)
     }
 
-    /// Idle HTTP/1.1 connections and HTTP/2 connections held.
+    /// Kept HTTP/1.1 connections and HTTP/2 connections held.
     pub fn held(&self) -> (usize, usize) {
         let inner = self.lock();
-        (inner.idle.values().map(Vec::len).sum(), inner.h2.len())
+        (inner.h1.values().map(Vec::len).sum(), inner.h2.len())
     }
+}
+
+/// Drops kept HTTP/1.1 connections that closed or went unused for the idle
+/// timeout, every quarter of it, until none is kept or the pod's
+/// `Upstreams` are gone. One task per pod, not one per request.
+async fn sweep(inner: Weak<Mutex<Inner>>) {
+    loop {
+        let Some(period) = inner.upgrade().map(|i| lock(&i).idle_timeout / 4) else {
+            return;
+        };
+        tokio::time::sleep(period).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let mut inner = lock(&inner);
+        let idle_timeout = inner.idle_timeout;
+        inner.h1.retain(|_, kept| {
+            kept.retain(|k| !k.sender.is_closed() && k.used.elapsed() < idle_timeout);
+            !kept.is_empty()
+        });
+        if inner.h1.is_empty() {
+            inner.sweeping = false;
+            return;
+        }
+    }
+}
+
+fn lock(inner: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
+    // A panic while holding the lock cannot leave the maps inconsistent.
+    inner.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]
@@ -283,11 +325,41 @@ mod tests {
         let up = Upstreams::default();
         for _ in 0..5 {
             send(&up, addr, Version::HTTP_11).await;
-            // The connection returns to the idle set from a task.
+            // The connection becomes free once its task has seen the body end.
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
         assert_eq!(up.held(), (1, 0));
+    }
+
+    #[tokio::test]
+    async fn requests_leave_no_task_behind() {
+        let (addr, _) = server().await;
+        let up = Upstreams::default();
+        for _ in 0..50 {
+            send(&up, addr, Version::HTTP_11).await;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        // The server's accept loop and connection, the client connection's
+        // driver and the pod's sweeper: nothing per request.
+        let alive = tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks();
+        assert!(alive <= 4, "{alive} tasks alive after 50 requests");
+    }
+
+    #[tokio::test]
+    async fn unused_http1_connections_are_closed_after_the_idle_timeout() {
+        let (addr, accepted) = server().await;
+        let up = Upstreams::with_idle_timeout(Duration::from_millis(200));
+        send(&up, addr, Version::HTTP_11).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(up.held(), (1, 0));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(up.held(), (0, 0));
+        // The next request needs a new connection.
+        send(&up, addr, Version::HTTP_11).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
