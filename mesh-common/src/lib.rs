@@ -16,7 +16,7 @@ pub const TUNNEL_PORT: u16 = 15008;
 /// Version of the pinned maps' layouts (keys, values, sizes). Bump it whenever
 /// one changes: the agent pins under a directory named after it and refuses to
 /// adopt pins of another version (`mesh-agent reset` removes them).
-pub const PIN_LAYOUT_VERSION: u32 = 2;
+pub const PIN_LAYOUT_VERSION: u32 = 3;
 
 /// Names of the maps, as the agent looks them up in the object and pins them.
 pub mod map_names {
@@ -29,6 +29,10 @@ pub mod map_names {
     pub const STATS: &str = "STATS";
     pub const KUBEPODS_ROOT: &str = "KUBEPODS_ROOT";
     pub const POD_CGROUPS: &str = "POD_CGROUPS";
+    pub const FAST_PATH: &str = "FAST_PATH";
+    pub const FAST_PATH_SOCKETS: &str = "FAST_PATH_SOCKETS";
+    pub const FAST_PATH_DIALS: &str = "FAST_PATH_DIALS";
+    pub const FAST_PATH_FELL_BACK: &str = "FAST_PATH_FELL_BACK";
 }
 
 /// Names of the programs (their Rust function names in `mesh-ebpf`).
@@ -39,6 +43,7 @@ pub mod program_names {
     pub const GETPEERNAME4: &str = "weft_getpeername4";
     pub const GETPEERNAME6: &str = "weft_getpeername6";
     pub const SK_LOOKUP: &str = "weft_sk_lookup";
+    pub const SK_MSG: &str = "weft_sk_msg";
 }
 
 /// Value of `ENROLLED_NETNS` (key: netns cookie, `u64`): how a captured pod's
@@ -163,6 +168,43 @@ pub struct InboundConfig {
     /// Not an exemption: sk_lookup steers the node's connections to the agent
     /// like any other, and the agent exempts only kubelet probes.
     pub node_addr: [u8; 16],
+    /// The pod's netns cookie: the fast path pairs the agent's socket dialling
+    /// this IP from inside that netns with the app's (0: unknown).
+    pub netns_cookie: u64,
+}
+
+/// Value of `FAST_PATH` (index 0): [`FAST_PATH_ON`] or 0. The agent writes it at
+/// every start, so `--fast-path` applies to adopted programs too.
+pub const FAST_PATH_ON: u32 = 1;
+
+/// Key of `FAST_PATH_SOCKETS` (a sockhash), `FAST_PATH_DIALS` and
+/// `FAST_PATH_FELL_BACK`: one socket by its netns and its own end and peer.
+/// Its peer's key is the mirror ([`SockKey::peer`]): a 4-tuple is unique among a
+/// netns's live sockets, so the mirror can only be the socket at the other end.
+/// Addresses IPv4-mapped like [`OrigDst::addr`], ports in host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockKey {
+    pub netns_cookie: u64,
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub _pad: [u8; 4],
+}
+
+impl SockKey {
+    /// The key of the socket at the other end of this one's connection.
+    pub const fn peer(&self) -> SockKey {
+        SockKey {
+            netns_cookie: self.netns_cookie,
+            local_addr: self.remote_addr,
+            remote_addr: self.local_addr,
+            local_port: self.remote_port,
+            remote_port: self.local_port,
+            _pad: [0; 4],
+        }
+    }
 }
 
 /// The only entry (index 0) of `KUBEPODS_ROOT`: where the kubelet's pod cgroups
@@ -206,7 +248,14 @@ pub mod stats {
     pub const CONNECT_REFUSED_UNCLASSIFIED: u32 = 4;
     /// TCP connects refused because their netns is enrolled closed.
     pub const CONNECT_REFUSED_CLOSED: u32 = 5;
-    pub const COUNT: u32 = 6;
+    /// Sends the fast path moved straight to the peer socket (`bpf_msg_redirect_hash`).
+    pub const FAST_PATH_REDIRECTS: u32 = 6;
+    /// Bytes of those sends.
+    pub const FAST_PATH_BYTES: u32 = 7;
+    /// Sockets in the fast path's map whose peer was not there at a send: they
+    /// stay on the normal path for good, so their bytes are never reordered.
+    pub const FAST_PATH_FELL_BACK: u32 = 8;
+    pub const COUNT: u32 = 9;
 }
 
 #[cfg(feature = "user")]
@@ -219,6 +268,7 @@ mod pod_impls {
     unsafe impl aya::Pod for super::PodIpKey {}
     unsafe impl aya::Pod for super::InboundConfig {}
     unsafe impl aya::Pod for super::KubepodsConfig {}
+    unsafe impl aya::Pod for super::SockKey {}
 }
 
 #[cfg(test)]
@@ -232,7 +282,8 @@ mod tests {
         assert_eq!(core::mem::size_of::<OrigDst>(), 24);
         assert_eq!(core::mem::size_of::<PortKey>(), 16);
         assert_eq!(core::mem::size_of::<PodIpKey>(), 16);
-        assert_eq!(core::mem::size_of::<InboundConfig>(), 16);
+        assert_eq!(core::mem::size_of::<InboundConfig>(), 24);
+        assert_eq!(core::mem::size_of::<SockKey>(), 48);
         assert_eq!(core::mem::size_of::<KubepodsConfig>(), 40);
     }
 
@@ -242,6 +293,23 @@ mod tests {
             PortKey::new(7, 41234, AF_INET),
             PortKey::new(7, 41234, AF_INET6)
         );
+    }
+
+    #[test]
+    fn a_sockets_peer_key_is_its_mirror() {
+        let app = SockKey {
+            netns_cookie: 9,
+            local_addr: OrigDst::v4([127, 0, 0, 1], 0).addr,
+            remote_addr: OrigDst::v4([127, 0, 0, 2], 0).addr,
+            local_port: 41234,
+            remote_port: 15001,
+            _pad: [0; 4],
+        };
+        let agent = app.peer();
+        assert_eq!((agent.local_port, agent.remote_port), (15001, 41234));
+        assert_eq!(agent.local_addr, app.remote_addr);
+        assert_eq!(agent.peer(), app);
+        assert_ne!(agent, app);
     }
 
     #[test]

@@ -7,6 +7,9 @@
 //!   `(netns cookie, local port) → original destination` for the agent, which only
 //!   sees that port when it accepts; delete both entries on close.
 //! - `getpeername4`/`6`: a redirected application sees its original peer.
+//! - `sk_msg` (on `FAST_PATH_SOCKETS`, filled by `sockops`): the fast path, sends
+//!   between a pod's app and the agent's in-pod sockets skip loopback TCP
+//!   (`fast_path.rs`).
 //! - `sk_lookup` (one per pod netns): inbound TCP, IPv4 or IPv6, from outside the
 //!   pod (the node's own address included) goes to the agent's plaintext inbound
 //!   socket of that pod and family; the tunnel port is left alone.
@@ -25,10 +28,13 @@
 #![no_std]
 #![no_main]
 
+mod fast_path;
+
 use aya_ebpf::{
+    EbpfContext,
     bindings::{
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
-        BPF_TCP_CLOSE, bpf_sock_addr, sk_action,
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
+        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_TCP_CLOSE, bpf_sock_addr, sk_action,
     },
     helpers::generated::{
         bpf_get_current_ancestor_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie,
@@ -36,15 +42,15 @@ use aya_ebpf::{
     macros::{cgroup_sock_addr, map, sk_lookup, sock_ops},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, SockHash},
     programs::{SkLookupContext, SockAddrContext, SockOpsContext},
-    EbpfContext,
 };
 use aya_log_ebpf::debug;
 use mesh_common::{
-    pod_verdict, stats, InboundConfig, KubepodsConfig, NetnsConfig, OrigDst, PodIpKey, PortKey,
-    AF_INET, AF_INET6, AGENT_MARK, TUNNEL_PORT,
+    AF_INET, AF_INET6, AGENT_MARK, InboundConfig, KubepodsConfig, NetnsConfig, OrigDst, PodIpKey,
+    PortKey, TUNNEL_PORT, pod_verdict, stats,
 };
 
 const IPPROTO_TCP: u32 = 6;
+const LOOPBACK_IFINDEX: u32 = 1;
 const MAX_PODS: u32 = 4096;
 const MAX_CONNECTIONS: u32 = 65536;
 
@@ -89,9 +95,14 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::COUNT, 0);
 
 #[inline(always)]
 fn count(index: u32) {
+    count_n(index, 1);
+}
+
+#[inline(always)]
+fn count_n(index: u32, n: u64) {
     if let Some(slot) = STATS.get_ptr_mut(index) {
         // SAFETY: a per-CPU slot, only this CPU writes it while the program runs.
-        unsafe { *slot += 1 };
+        unsafe { *slot += n };
     }
 }
 
@@ -179,7 +190,10 @@ fn unclassified_pod_cgroup(netns: u64) -> Option<u64> {
 #[inline(always)]
 fn refuse(ctx: &SockAddrContext, pod: u64, port: u16) -> i32 {
     count(stats::CONNECT_REFUSED_UNCLASSIFIED);
-    debug!(ctx, "connect to port {} refused: pod cgroup {} not classified yet", port, pod);
+    debug!(
+        ctx,
+        "connect to port {} refused: pod cgroup {} not classified yet", port, pod
+    );
     0
 }
 
@@ -208,7 +222,10 @@ pub fn weft_connect4(ctx: SockAddrContext) -> i32 {
     let (ip, port) = unsafe {
         let sa = ctx.sock_addr;
         // Network order in memory, as the address bytes are.
-        ((*sa).user_ip4.to_ne_bytes(), u16::from_be((*sa).user_port as u16))
+        (
+            (*sa).user_ip4.to_ne_bytes(),
+            u16::from_be((*sa).user_port as u16),
+        )
     };
     // Loopback and excluded ports are never captured, hence never held either.
     if ip[0] == 127 || port_excluded(port) {
@@ -226,7 +243,10 @@ pub fn weft_connect4(ctx: SockAddrContext) -> i32 {
 fn redirect4(ctx: &SockAddrContext, config: NetnsConfig, ip: [u8; 4], port: u16) -> i32 {
     // SAFETY: bpf_get_socket_cookie accepts the sock_addr context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    if ORIG_DST_BY_COOKIE.insert(&cookie, &OrigDst::v4(ip, port), 0).is_err() {
+    if ORIG_DST_BY_COOKIE
+        .insert(&cookie, &OrigDst::v4(ip, port), 0)
+        .is_err()
+    {
         return 1;
     }
     // SAFETY: user_ip4/user_port are writable in connect4.
@@ -234,7 +254,12 @@ fn redirect4(ctx: &SockAddrContext, config: NetnsConfig, ip: [u8; 4], port: u16)
         (*ctx.sock_addr).user_ip4 = u32::from_ne_bytes([127, 0, 0, 1]);
         (*ctx.sock_addr).user_port = u32::from(config.outbound_port.to_be());
     }
-    debug!(ctx, "connect4 {:i}:{} redirected", u32::from_be_bytes(ip), port);
+    debug!(
+        ctx,
+        "connect4 {:i}:{} redirected",
+        u32::from_be_bytes(ip),
+        port
+    );
     count(stats::CONNECT_REDIRECTED);
     1
 }
@@ -304,6 +329,7 @@ fn redirect6(
 pub fn weft_sockops(ctx: SockOpsContext) -> u32 {
     match ctx.op() {
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => on_established(&ctx),
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => on_passive_established(&ctx),
         BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => on_close(&ctx),
         _ => {}
     }
@@ -313,28 +339,55 @@ pub fn weft_sockops(ctx: SockOpsContext) -> u32 {
 #[inline(always)]
 fn on_established(ctx: &SockOpsContext) {
     // SAFETY: both helpers accept the sock_ops context (netns cookie: kernel ≥ 5.15).
-    let (cookie, netns) =
-        unsafe { (bpf_get_socket_cookie(ctx.as_ptr()), bpf_get_netns_cookie(ctx.as_ptr())) };
+    let (cookie, netns) = unsafe {
+        (
+            bpf_get_socket_cookie(ctx.as_ptr()),
+            bpf_get_netns_cookie(ctx.as_ptr()),
+        )
+    };
     // SAFETY: plain value copied out of the map.
-    let Some(orig) = (unsafe { ORIG_DST_BY_COOKIE.get(&cookie) }).copied() else {
+    let orig = (unsafe { ORIG_DST_BY_COOKIE.get(&cookie) }).copied();
+    if let Some(orig) = orig {
+        let key = PortKey::new(netns, ctx.local_port() as u16, connection_family(ctx));
+        if ORIG_DST_BY_PORT.insert(&key, &orig, 0).is_ok() {
+            count(stats::ORIG_DST_PUBLISHED);
+        }
+    }
+    // SAFETY: plain value copied out of the map.
+    let enrolled = (unsafe { ENROLLED_NETNS.get(&netns) }).copied();
+    let fast = enrolled.is_some_and(|c| fast_path::on_active(ctx, netns, c, orig.is_some()));
+    if orig.is_some() || fast {
+        // Be called again on state changes, to delete the entries at close.
+        let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+    }
+}
+
+#[inline(always)]
+fn on_passive_established(ctx: &SockOpsContext) {
+    // SAFETY: the helper accepts the sock_ops context (kernel ≥ 5.15).
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    // SAFETY: plain value copied out of the map.
+    let Some(config) = (unsafe { ENROLLED_NETNS.get(&netns) }).copied() else {
         return;
     };
-    let key = PortKey::new(netns, ctx.local_port() as u16, connection_family(ctx));
-    if ORIG_DST_BY_PORT.insert(&key, &orig, 0).is_ok() {
-        count(stats::ORIG_DST_PUBLISHED);
+    if fast_path::on_passive(ctx, netns, config) {
+        let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
     }
-    // Be called again on state changes, to delete the entries at close.
-    let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
 }
 
 #[inline(always)]
 fn on_close(ctx: &SockOpsContext) {
     // SAFETY: as in on_established.
-    let (cookie, netns) =
-        unsafe { (bpf_get_socket_cookie(ctx.as_ptr()), bpf_get_netns_cookie(ctx.as_ptr())) };
+    let (cookie, netns) = unsafe {
+        (
+            bpf_get_socket_cookie(ctx.as_ptr()),
+            bpf_get_netns_cookie(ctx.as_ptr()),
+        )
+    };
     let _ = ORIG_DST_BY_COOKIE.remove(&cookie);
     let key = PortKey::new(netns, ctx.local_port() as u16, connection_family(ctx));
     let _ = ORIG_DST_BY_PORT.remove(&key);
+    fast_path::on_close(ctx, netns);
 }
 
 /// The family of the connection as the agent's listener sees it: an IPv6 socket
@@ -404,6 +457,13 @@ pub fn weft_sk_lookup(ctx: SkLookupContext) -> u32 {
     if port == TUNNEL_PORT || port_excluded(port) {
         return sk_action::SK_PASS;
     }
+    // Over loopback: the agent dialling the app with the client's address
+    // (docs/architecture.md, "Keeping the client's address"). Only a socket
+    // inside the pod sends there; nothing from outside comes in by `lo`.
+    // SAFETY: readable in sk_lookup (kernel >= 5.17).
+    if unsafe { (*l).ingress_ifindex } == LOOPBACK_IFINDEX {
+        return sk_action::SK_PASS;
+    }
     // Both families: a pod's IPv6 address must not be a way around the agent
     // (docs/security.md). The pod talking to itself and loopback stay local.
     let key = if family == u32::from(AF_INET) {
@@ -427,7 +487,9 @@ pub fn weft_sk_lookup(ctx: SkLookupContext) -> u32 {
         if same || loopback {
             return sk_action::SK_PASS;
         }
-        PodIpKey { addr: ip6_bytes(local) }
+        PodIpKey {
+            addr: ip6_bytes(local),
+        }
     } else {
         return sk_action::SK_PASS;
     };

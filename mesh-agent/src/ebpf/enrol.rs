@@ -70,7 +70,7 @@ impl KernelPrograms {
                         .with_context(|| format!("remove the inbound socket of {ip}"))?,
                 }
                 maps.inbound_config
-                    .insert(key, InboundConfig { node_addr }, 0)
+                    .insert(key, inbound_config(node_addr, pod.netns_cookie), 0)
                     .with_context(|| format!("register the inbound config of {ip}"))?;
             }
             self.attach_sk_lookup(inbound.netns, pod.netns_cookie)?;
@@ -98,7 +98,7 @@ impl KernelPrograms {
             ignore_missing(maps.inbound_sockets.remove(&key))
                 .with_context(|| format!("remove the inbound socket of {ip}"))?;
             maps.inbound_config
-                .insert(key, InboundConfig { node_addr }, 0)
+                .insert(key, inbound_config(node_addr, pod.netns_cookie), 0)
                 .with_context(|| format!("register the inbound config of {ip}"))?;
         }
         self.attach_sk_lookup(netns, pod.netns_cookie)?;
@@ -133,6 +133,13 @@ impl KernelPrograms {
                 .with_context(|| format!("remove the inbound socket of {ip}"))?;
         }
         Ok(())
+    }
+}
+
+fn inbound_config(node_addr: [u8; 16], netns_cookie: u64) -> InboundConfig {
+    InboundConfig {
+        node_addr,
+        netns_cookie,
     }
 }
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, SkLookup, SockOps};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, SkLookup, SkMsg, SockOps};
 use aya::{Ebpf, EbpfLoader};
 use mesh_common::{map_names, program_names as prog};
 use tracing::{info, warn};
@@ -25,7 +25,7 @@ const CGROUP_PROGRAMS: [&str; 5] = [
     prog::CONNECT6,
 ];
 
-const PINNED_MAPS: [&str; 9] = [
+const PINNED_MAPS: [&str; 13] = [
     map_names::ENROLLED_NETNS,
     map_names::ORIG_DST_BY_COOKIE,
     map_names::ORIG_DST_BY_PORT,
@@ -35,6 +35,10 @@ const PINNED_MAPS: [&str; 9] = [
     map_names::STATS,
     map_names::KUBEPODS_ROOT,
     map_names::POD_CGROUPS,
+    map_names::FAST_PATH,
+    map_names::FAST_PATH_SOCKETS,
+    map_names::FAST_PATH_DIALS,
+    map_names::FAST_PATH_FELL_BACK,
 ];
 
 #[derive(Clone, Debug)]
@@ -70,6 +74,7 @@ pub struct KernelPrograms {
 impl KernelPrograms {
     /// Adopts the programs pinned under `bpffs_dir` if a previous agent left them,
     /// otherwise loads, attaches and pins them.
+    /// Freshly loaded, the fast path is off until `MapHandles::set_fast_path`.
     pub fn open(opts: &LoadOptions) -> Result<Self> {
         let layout = PinLayout::new(&opts.bpffs_dir);
         refuse_other_versions(&layout)?;
@@ -118,6 +123,9 @@ impl KernelPrograms {
         let mut ebpf = loader
             .load(OBJECT)
             .context("load the kernel programs' object")?;
+        // Before sockops can put a socket in the map: a socket only gets the
+        // programs attached when it joins.
+        attach_sk_msg(&mut ebpf).context("attach sk_msg to the fast path's sockhash")?;
 
         for name in CGROUP_PROGRAMS {
             attach_to_cgroup(&mut ebpf, name, &cgroup, &layout.cgroup_link(name))
@@ -189,6 +197,17 @@ impl KernelPrograms {
         let data = aya::maps::MapData::from_pin(&path)
             .with_context(|| format!("open {}", path.display()))?;
         Ok(aya::maps::Map::from_map_data(data)?.try_into()?)
+    }
+
+    /// Reads the kernel counters through a handle of its own, for the metrics
+    /// server to call at every scrape.
+    pub fn stats_reader(&self) -> Result<impl Fn() -> super::KernelStats + Send + Sync + 'static> {
+        let path = self.layout.map(map_names::STATS);
+        let data = aya::maps::MapData::from_pin(&path)
+            .with_context(|| format!("open {}", path.display()))?;
+        let counters: aya::maps::PerCpuArray<_, u64> =
+            aya::maps::Map::from_map_data(data)?.try_into()?;
+        Ok(move || super::KernelStats::read(&counters))
     }
 
     /// Takes the kernel log ring buffer reader, when there is one to take.
@@ -267,6 +286,24 @@ fn attach_to_cgroup(ebpf: &mut Ebpf, name: &str, cgroup: &File, pin: &Path) -> R
     };
     link.pin(pin)
         .with_context(|| format!("pin {}", pin.display()))?;
+    Ok(())
+}
+
+/// Attaches the fast path's sk_msg program to its sockhash. The attachment
+/// belongs to the map, pinned, so it outlives this process like the links do;
+/// it goes with the map (`mesh-agent reset`).
+fn attach_sk_msg(ebpf: &mut Ebpf) -> Result<()> {
+    let map: aya::maps::SockHash<_, mesh_common::SockKey> = ebpf
+        .map(map_names::FAST_PATH_SOCKETS)
+        .context("the fast path's sockhash is missing from the object")?
+        .try_into()?;
+    let map_fd = map.fd().try_clone()?;
+    let p: &mut SkMsg = program(ebpf, prog::SK_MSG)?.try_into()?;
+    p.load()?;
+    let id = p.attach(&map_fd)?;
+    // Dropping the link would detach the program (aya's prog-attach links do):
+    // keep the attachment for the map's lifetime instead.
+    std::mem::forget(p.take_link(id)?);
     Ok(())
 }
 

@@ -22,6 +22,8 @@ pub struct MapHandles {
     pub kubepods_root: Array<MapData, KubepodsConfig>,
     /// The pod gate: pod cgroup id → `mesh_common::pod_verdict`.
     pub pod_cgroups: HashMap<MapData, u64, u32>,
+    /// Index 0: whether the fast path takes new connections.
+    pub fast_path: Array<MapData, u32>,
 }
 
 fn open(layout: &PinLayout, name: &str) -> Result<Map> {
@@ -42,7 +44,17 @@ impl MapHandles {
             counters: open(layout, map_names::STATS)?.try_into()?,
             kubepods_root: open(layout, map_names::KUBEPODS_ROOT)?.try_into()?,
             pod_cgroups: open(layout, map_names::POD_CGROUPS)?.try_into()?,
+            fast_path: open(layout, map_names::FAST_PATH)?.try_into()?,
         })
+    }
+
+    /// Turns the fast path on or off for connections established from now on;
+    /// those already in it keep it until they close.
+    pub fn set_fast_path(&mut self, on: bool) -> Result<()> {
+        let value = if on { mesh_common::FAST_PATH_ON } else { 0 };
+        self.fast_path
+            .set(0, value, 0)
+            .context("write the fast path switch")
     }
 
     /// The original destination of a redirected connection, looked up by the
@@ -71,8 +83,15 @@ impl MapHandles {
     }
 
     pub fn stats(&self) -> KernelStats {
+        KernelStats::read(&self.counters)
+    }
+}
+
+impl KernelStats {
+    /// Sums the per-CPU counters of the `STATS` map.
+    pub fn read(counters: &PerCpuArray<MapData, u64>) -> KernelStats {
         let sum = |index: u32| -> u64 {
-            self.counters
+            counters
                 .get(&index, 0)
                 .ok()
                 .map(|per_cpu| per_cpu.iter().sum())
@@ -85,6 +104,9 @@ impl MapHandles {
             orig_dst_published: sum(stats::ORIG_DST_PUBLISHED),
             connect_refused_unclassified: sum(stats::CONNECT_REFUSED_UNCLASSIFIED),
             connect_refused_closed: sum(stats::CONNECT_REFUSED_CLOSED),
+            fast_path_redirects: sum(stats::FAST_PATH_REDIRECTS),
+            fast_path_bytes: sum(stats::FAST_PATH_BYTES),
+            fast_path_fell_back: sum(stats::FAST_PATH_FELL_BACK),
         }
     }
 }
@@ -101,6 +123,12 @@ pub struct KernelStats {
     /// Connects refused because their pod is enrolled closed (its agent
     /// listeners could not be set up).
     pub connect_refused_closed: u64,
+    /// Sends the fast path moved socket to socket (`weft_fast_path_redirects_total`).
+    pub fast_path_redirects: u64,
+    /// Bytes of those sends.
+    pub fast_path_bytes: u64,
+    /// Fast-path sockets whose send found no peer, left on the normal path.
+    pub fast_path_fell_back: u64,
 }
 
 pub fn orig_dst_to_socket_addr(orig: &OrigDst) -> SocketAddr {

@@ -90,6 +90,12 @@ pub struct RunArgs {
     /// the server (tests shorten it).
     #[arg(long, hide = true, value_parser = parse_duration)]
     pub tunnel_idle_timeout: Option<Duration>,
+    /// The kernel fast path (sockmap): bytes between a pod's app and the
+    /// agent's sockets in the pod skip the loopback TCP stack. Off by default:
+    /// on Linux 6.18 a socket in a sockmap can give a blocking reader EAGAIN
+    /// (docs/architecture.md, "Kernel programs").
+    #[arg(long, value_enum, default_value_t = FastPath::Off)]
+    pub fast_path: FastPath,
     /// Threads of the data path's async runtime (0: one per CPU).
     #[arg(long, default_value_t = 0)]
     pub worker_threads: usize,
@@ -117,6 +123,12 @@ impl KernelLogLevel {
     pub fn as_aya_level(self) -> u8 {
         self as u8 + 1
     }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FastPath {
+    On,
+    Off,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

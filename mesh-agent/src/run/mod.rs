@@ -91,7 +91,11 @@ async fn run(args: RunArgs, open_files: u64) -> Result<()> {
         kernel_log_level: args.kernel_log_level.as_aya_level(),
     })?;
     forward_kernel_logs(&mut programs);
-    info!(origin = ?programs.origin, cgroup = %cgroup.display(), "kernel programs in place");
+    let fast_path = args.fast_path == args::FastPath::On;
+    programs.maps_mut().set_fast_path(fast_path)?;
+    let kernel_stats = programs.stats_reader()?;
+    metrics.register_fast_path_redirects(move || kernel_stats().fast_path_redirects)?;
+    info!(origin = ?programs.origin, cgroup = %cgroup.display(), fast_path, "kernel programs in place");
 
     let admin_listener = tokio::net::TcpListener::bind(args.admin_addr)
         .await

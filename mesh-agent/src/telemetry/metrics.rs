@@ -341,11 +341,47 @@ impl Metrics {
         &self.registry
     }
 
+    /// `weft_fast_path_redirects_total`: a count the kernel keeps, read at
+    /// every scrape through `read`.
+    pub fn register_fast_path_redirects(
+        &self,
+        read: impl Fn() -> u64 + Send + Sync + 'static,
+    ) -> prometheus::Result<()> {
+        let counter = IntCounter::new(
+            "weft_fast_path_redirects_total",
+            "Sends between pods' apps and the agent that the kernel moved socket to socket (sockmap fast path), skipping loopback TCP",
+        )?;
+        self.registry.register(Box::new(KernelCounter {
+            counter,
+            read: Box::new(read),
+        }))
+    }
+
     /// Everything in Prometheus text format.
     pub fn render(&self) -> prometheus::Result<Vec<u8>> {
         let mut out = Vec::with_capacity(16 * 1024);
         TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
         Ok(out)
+    }
+}
+
+/// A counter whose value lives elsewhere (a kernel map), caught up at collection.
+struct KernelCounter {
+    counter: IntCounter,
+    read: Box<dyn Fn() -> u64 + Send + Sync>,
+}
+
+impl prometheus::core::Collector for KernelCounter {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.counter.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let (now, shown) = ((self.read)(), self.counter.get());
+        if now > shown {
+            self.counter.inc_by(now - shown);
+        }
+        self.counter.collect()
     }
 }
 

@@ -23,6 +23,8 @@
 //!   it is closed under us (`closed`), an echo stalls 10 s (`stalled`) or S seconds pass (`timeout`); prints how it ended.
 //! - `idle ADDR --conns N`: N connections kept open and silent until stdin
 //!   closes (`idle.rs`).
+//! - `xfer-server PORT`, `xfer ADDR --up N --down M`: checked transfers both
+//!   ways with half-close or reset (`transfer.rs`).
 //! - `flood ADDR --rate R --secs S --hold-ms H`: R connection attempts per second
 //!   that never speak (as an unauthenticated client stuck before its TLS
 //!   handshake), each kept open H ms unless the server closes it first; prints
@@ -35,6 +37,7 @@ use std::time::{Duration, Instant};
 
 mod http_echo;
 mod idle;
+mod transfer;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -60,6 +63,8 @@ fn main() {
         Some("stream") => stream(&args),
         Some("flood") => flood(&args),
         Some("idle") => idle::idle(&args),
+        Some("xfer-server") => transfer::server(&args),
+        Some("xfer") => transfer::client(&args),
         _ => Err("usage: weft-load echo|sink|http PORT | rr|connect|bulk ADDR [options]".into()),
     };
     if let Err(e) = result {
