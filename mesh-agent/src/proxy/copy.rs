@@ -3,9 +3,12 @@
 //! the opposite direction keeps flowing), an idle timeout closes both sides, each
 //! direction owns one buffer that starts small and grows only while reads keep
 //! filling it, up to a fixed bound (a slow peer stalls the reader instead of
-//! growing memory; a bulk stream moves large chunks with few system calls), and
-//! every write is reported to an observer so counters move while a long
-//! connection is still open.
+//! growing memory; a bulk stream moves large chunks with few system calls); a
+//! direction holds its buffer only while bytes flow: once everything read is
+//! written and the reader has nothing more, the buffer is freed, so an idle
+//! connection holds none (docs/architecture.md, "Limits"); and every write is
+//! reported to an observer so counters move while a long connection is still
+//! open.
 
 use std::future::{Future, poll_fn};
 use std::io;
@@ -45,6 +48,9 @@ pub struct CopyConfig {
     /// copy made with this config (node-wide in the agent): once spent, copies
     /// keep their starting buffers (docs/security.md, memory).
     pub growth: Budget,
+    /// Bytes the buffers of every copy made with this config hold now: a
+    /// gauge (it never refuses), read by tests and metrics.
+    pub held: Budget,
 }
 
 impl Default for CopyConfig {
@@ -54,6 +60,7 @@ impl Default for CopyConfig {
             max_buffer_size: DEFAULT_MAX_BUFFER_SIZE,
             idle_timeout: Some(Duration::from_secs(60 * 60)),
             growth: Budget::new(usize::MAX),
+            held: Budget::new(usize::MAX),
         }
     }
 }
@@ -122,8 +129,8 @@ where
 {
     let size = config.buffer_size.max(1024);
     let max = config.max_buffer_size.max(size);
-    let mut ab = Half::new(size, max, &config.growth);
-    let mut ba = Half::new(size, max, &config.growth);
+    let mut ab = Half::new(size, max, &config.growth, &config.held);
+    let mut ba = Half::new(size, max, &config.growth, &config.held);
     let mut idle = config
         .idle_timeout
         .map(|d| (d, Box::pin(tokio::time::sleep(d))));
@@ -182,10 +189,16 @@ fn poll_idle(
     }
 }
 
-/// One direction: a buffer, what part of it still has to be written, and
-/// whether the reader is done and the writer shut down.
+/// One direction: a buffer while bytes flow, what part of it still has to be
+/// written, and whether the reader is done and the writer shut down.
 struct Half<'a> {
-    buf: Box<[u8]>,
+    /// No capacity while idle; `len` is what the last read filled.
+    buf: Vec<u8>,
+    /// The size the next buffer is allocated with.
+    size: usize,
+    /// What `buf` takes from the `held` gauge.
+    holding: Option<BudgetPermit>,
+    held: &'a Budget,
     max_size: usize,
     /// Where growth past the starting size is paid from, and what was paid.
     growth: &'a Budget,
@@ -203,9 +216,12 @@ struct Half<'a> {
 }
 
 impl<'a> Half<'a> {
-    fn new(size: usize, max_size: usize, growth: &'a Budget) -> Self {
+    fn new(size: usize, max_size: usize, growth: &'a Budget, held: &'a Budget) -> Self {
         Self {
-            buf: vec![0u8; size].into_boxed_slice(),
+            buf: Vec::new(),
+            size,
+            holding: None,
+            held,
             max_size,
             growth,
             grown: None,
@@ -223,10 +239,10 @@ impl<'a> Half<'a> {
     /// Doubles the (empty) buffer, up to the bound, once reads keep filling
     /// it: more data is waiting than one read takes.
     fn grow_if_busy(&mut self) {
-        if self.full_reads >= FULL_READS_TO_GROW && self.buf.len() < self.max_size {
+        if self.full_reads >= FULL_READS_TO_GROW && self.size < self.max_size {
             self.full_reads = 0;
-            let size = (self.buf.len() * 2).min(self.max_size);
-            let extra = size - self.buf.len();
+            let size = (self.size * 2).min(self.max_size);
+            let extra = size - self.size;
             let paid = match &mut self.grown {
                 Some(permit) => permit.grow(extra),
                 None => {
@@ -235,9 +251,30 @@ impl<'a> Half<'a> {
                 }
             };
             if paid {
-                self.buf = vec![0u8; size].into_boxed_slice();
+                self.size = size;
+                self.release(); // the next read allocates the larger one
             }
         }
+    }
+
+    /// Frees the buffer (it is empty: everything read was written).
+    fn release(&mut self) {
+        self.buf = Vec::new();
+        self.holding = None;
+    }
+
+    /// The buffer to read into, allocated if the direction was idle; not
+    /// zeroed (the reader fills what it reports).
+    fn read_space(&mut self) -> &mut [std::mem::MaybeUninit<u8>] {
+        if self.buf.capacity() == 0 {
+            self.buf = Vec::with_capacity(self.size);
+            self.holding = self.held.try_take(self.size);
+        }
+        self.buf.clear();
+        let size = self.size;
+        let spare = self.buf.spare_capacity_mut();
+        let len = size.min(spare.len());
+        &mut spare[..len]
     }
 
     fn poll_copy<R, W, O>(
@@ -262,11 +299,32 @@ impl<'a> Half<'a> {
             // Refill only once the buffer is fully written: the buffer is the bound.
             if self.pos == self.filled && !self.read_eof {
                 self.grow_if_busy();
-                let mut rb = ReadBuf::new(&mut self.buf);
-                match Pin::new(&mut *reader).poll_read(cx, &mut rb) {
-                    Poll::Ready(Ok(())) => {
-                        let n = rb.filled().len();
-                        if n == self.buf.len() {
+                let polled = {
+                    let space = self.read_space();
+                    let (start, capacity) = (space.as_ptr().cast::<u8>(), space.len());
+                    let mut rb = ReadBuf::uninit(space);
+                    match Pin::new(&mut *reader).poll_read(cx, &mut rb) {
+                        // A reader may only fill the buffer it was given (as
+                        // tokio's own `read_buf` checks).
+                        Poll::Ready(Ok(()))
+                            if !rb.filled().is_empty() && rb.filled().as_ptr() != start =>
+                        {
+                            Poll::Ready(Err(io::Error::other("the reader swapped the read buffer")))
+                        }
+                        Poll::Ready(Ok(())) => {
+                            Poll::Ready(Ok((rb.filled().len().min(capacity), capacity)))
+                        }
+                        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                        Poll::Pending => Poll::Pending,
+                    }
+                };
+                match polled {
+                    Poll::Ready(Ok((n, capacity))) => {
+                        // SAFETY: `ReadBuf` guarantees its filled part is
+                        // initialized, and it is the start of `buf`'s spare
+                        // capacity (checked above), at most `capacity` long.
+                        unsafe { self.buf.set_len(n) };
+                        if n == capacity {
                             self.full_reads += 1;
                         } else {
                             self.full_reads = 0;
@@ -275,13 +333,16 @@ impl<'a> Half<'a> {
                         self.filled = n;
                         if n == 0 {
                             self.read_eof = true;
+                            self.release();
                         } else {
                             self.progress += 1;
                         }
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => {
-                        // Nothing more to read right now: push out what was written.
+                        // Nothing more to read right now: the direction is
+                        // idle, so it holds no buffer; push out what was written.
+                        self.release();
                         if self.need_flush {
                             ready!(Pin::new(&mut *writer).poll_flush(cx))?;
                             self.need_flush = false;

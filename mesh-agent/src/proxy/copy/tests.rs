@@ -244,6 +244,7 @@ async fn buffers_grow_only_within_the_shared_budget() {
         max_buffer_size: 8192,
         idle_timeout: None,
         growth: growth.clone(),
+        ..CopyConfig::default()
     };
     let sizes = chunk_sizes(cfg, async |c| {
         for _ in 0..64 {
@@ -258,4 +259,48 @@ async fn buffers_grow_only_within_the_shared_budget() {
         "grew once, then the budget was spent"
     );
     assert_eq!(growth.used(), 0, "given back when the copy ended");
+}
+
+/// Bytes the copy's buffers hold once they settle (the copy task runs on).
+async fn held_settles(held: &Budget, want: usize) -> usize {
+    for _ in 0..100 {
+        if held.used() == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    held.used()
+}
+
+#[tokio::test]
+async fn a_direction_holds_its_buffer_only_while_bytes_flow() {
+    let cfg = config(16 * 1024, None);
+    let held = cfg.held.clone();
+    let (mut client, mut server, task) = proxied(1024, cfg);
+    // Before any byte: no buffer.
+    assert_eq!(held_settles(&held, 0).await, 0);
+    // Bytes both ways, then silence: an idle connection holds no buffer
+    // (docs/architecture.md, "Limits").
+    client.write_all(b"ping").await.unwrap();
+    let mut four = [0u8; 4];
+    server.read_exact(&mut four).await.unwrap();
+    server.write_all(b"pong").await.unwrap();
+    client.read_exact(&mut four).await.unwrap();
+    assert_eq!(&four, b"pong");
+    assert_eq!(held_settles(&held, 0).await, 0, "idle, yet buffers held");
+    // A reader that does not keep up: the direction's buffer holds what it
+    // could not write yet (each pipe takes 1 KiB: the second KiB waits in
+    // the buffer).
+    client.write_all(&[7u8; 2 * 1024]).await.unwrap();
+    assert_eq!(held_settles(&held, 16 * 1024).await, 16 * 1024);
+    let mut got = vec![0u8; 2 * 1024];
+    server.read_exact(&mut got).await.unwrap();
+    assert_eq!(got, vec![7u8; 2 * 1024]);
+    assert_eq!(held_settles(&held, 0).await, 0, "written out, then freed");
+    client.shutdown().await.unwrap();
+    server.shutdown().await.unwrap();
+    let (r, _, _) = task.await.unwrap();
+    assert!(r.is_ok(), "{:?}", r.end);
+    assert_eq!((r.a_to_b, r.b_to_a), (4 + 2 * 1024, 4));
+    assert_eq!(held.used(), 0);
 }

@@ -6,14 +6,13 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use h2::{Reason, RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::client::StreamSlot;
 
-/// Largest chunk handed to h2 per write; also the size of the reusable write
-/// buffer block.
+/// Largest chunk handed to h2 per write.
 const WRITE_BLOCK: usize = crate::proxy::copy::DEFAULT_MAX_BUFFER_SIZE;
 
 /// A tunnelled byte stream. Dropping it without `shutdown` resets the HTTP/2
@@ -23,9 +22,6 @@ pub struct TunnelStream {
     recv: RecvStream,
     /// Received but not yet read.
     pending: Bytes,
-    /// Outgoing bytes are copied here and split off as `Bytes` for h2; once h2
-    /// has written and dropped earlier chunks, the block is reused in place.
-    write_buf: BytesMut,
     /// END_STREAM sent.
     shut_down: bool,
     /// Holds a stream slot of a pooled client connection while alive.
@@ -38,7 +34,6 @@ impl TunnelStream {
             send,
             recv,
             pending: Bytes::new(),
-            write_buf: BytesMut::new(),
             shut_down: false,
             _slot: slot,
         }
@@ -123,12 +118,11 @@ impl AsyncWrite for TunnelStream {
             let cap = this.send.capacity();
             if cap > 0 {
                 let n = cap.min(want);
-                if this.write_buf.capacity() < n {
-                    // Reclaims the block in place when h2 has released earlier chunks.
-                    this.write_buf.reserve(WRITE_BLOCK.max(n));
-                }
-                this.write_buf.extend_from_slice(&buf[..n]);
-                let chunk = this.write_buf.split().freeze();
+                // A chunk of exactly what is sent, freed once h2 has written
+                // it: an idle stream holds no write buffer (a reusable block
+                // of WRITE_BLOCK kept per stream cost every idle connection
+                // up to 256 KiB; docs/architecture.md, "Limits").
+                let chunk = Bytes::copy_from_slice(&buf[..n]);
                 return match this.send.send_data(chunk, false) {
                     Ok(()) => Poll::Ready(Ok(n)),
                     Err(_) => this.poll_reset_error(cx).map(Err),
