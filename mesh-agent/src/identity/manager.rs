@@ -47,8 +47,53 @@ pub struct Credential {
     pub cert: Arc<IssuedCert>,
     pub server: Arc<ServerConfig>,
     renew_at: SystemTime,
-    /// The roots `server` verifies clients with.
+    /// The roots `server` verifies clients with, and the client side verifies
+    /// servers with.
     roots: Arc<RootCertStore>,
+    /// The client side toward each destination identity, built at the first
+    /// dial: a renewal or a new trust bundle makes a new `Credential`, so a
+    /// cached config never outlives its certificate or roots.
+    clients: Mutex<HashMap<SpiffeId, Arc<ClientConfig>>>,
+}
+
+/// Destination identities whose client side one credential keeps; past it
+/// the cache starts over (a node's pods talk to far fewer).
+const CLIENT_CONFIGS_PER_CREDENTIAL: usize = 1024;
+
+impl Credential {
+    fn new(
+        cert: Arc<IssuedCert>,
+        server: Arc<ServerConfig>,
+        renew_at: SystemTime,
+        roots: Arc<RootCertStore>,
+    ) -> Self {
+        Self {
+            cert,
+            server,
+            renew_at,
+            roots,
+            clients: Mutex::default(),
+        }
+    }
+
+    /// The client side from this certificate to a server that must prove
+    /// `expected`, built once per destination identity (docs/security.md).
+    fn client_config(
+        &self,
+        expected: &SpiffeId,
+        provider: &Arc<CryptoProvider>,
+    ) -> io::Result<Arc<ClientConfig>> {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(config) = clients.get(expected) {
+            return Ok(config.clone());
+        }
+        let config = client_config(&self.cert, self.roots.clone(), expected, provider.clone())?;
+        if clients.len() >= CLIENT_CONFIGS_PER_CREDENTIAL {
+            clients.clear();
+        }
+        clients.insert(expected.clone(), config.clone());
+        Ok(config)
+    }
 }
 
 struct Slot {
@@ -169,12 +214,7 @@ impl CertManager {
         let credential = self
             .credential(source)
             .ok_or_else(|| io::Error::other(format!("no certificate held for {source}")))?;
-        client_config(
-            &credential.cert,
-            self.roots.load().store.clone(),
-            expected,
-            self.provider.clone(),
-        )
+        credential.client_config(expected, &self.provider)
     }
 
     /// The roots peers' chains must lead to now.
@@ -210,12 +250,12 @@ impl CertManager {
                     server_config(&current.cert, roots.store.clone(), self.provider.clone())?;
                 rebuilt.push((
                     id.clone(),
-                    Arc::new(Credential {
-                        cert: current.cert.clone(),
+                    Arc::new(Credential::new(
+                        current.cert.clone(),
                         server,
-                        renew_at: current.renew_at,
-                        roots: roots.store.clone(),
-                    }),
+                        current.renew_at,
+                        roots.store.clone(),
+                    )),
                 ));
             }
             for (id, credential) in rebuilt {
@@ -324,12 +364,7 @@ impl CertManager {
         // Half of what is left, not of the (backdated) validity.
         let left = cert.not_after.duration_since(issued_at).unwrap_or_default();
         let renew_at = issued_at + jittered_half(left, self.config.jitter);
-        Ok(Arc::new(Credential {
-            cert,
-            server,
-            renew_at,
-            roots,
-        }))
+        Ok(Arc::new(Credential::new(cert, server, renew_at, roots)))
     }
 
     fn install(&self, id: &SpiffeId, mut credential: Arc<Credential>) {
@@ -343,12 +378,12 @@ impl CertManager {
         if !Arc::ptr_eq(&roots, &credential.roots) {
             match server_config(&credential.cert, roots.clone(), self.provider.clone()) {
                 Ok(server) => {
-                    credential = Arc::new(Credential {
-                        cert: credential.cert.clone(),
+                    credential = Arc::new(Credential::new(
+                        credential.cert.clone(),
                         server,
-                        renew_at: credential.renew_at,
+                        credential.renew_at,
                         roots,
-                    })
+                    ))
                 }
                 Err(e) => {
                     warn!(identity = %id, error = %e, "cannot rebuild the server side with the new trust bundle")

@@ -301,3 +301,50 @@ fn metrics_text(registry: &prometheus::Registry) -> String {
         .unwrap();
     String::from_utf8(out).unwrap()
 }
+
+#[tokio::test]
+async fn client_configs_are_cached_per_destination_until_renewal_or_new_roots() {
+    let (_d, ca) = new_ca();
+    let (_d2, other) = new_ca();
+    let registry = prometheus::Registry::new();
+    let config = CertConfig {
+        lifetime: Duration::from_secs(2),
+        jitter: 0.0,
+    };
+    let roots = ca.roots();
+    let manager = CertManager::new(Arc::new(ca), config, &registry).unwrap();
+    let (a, b, c) = (
+        id("shop", "frontend"),
+        id("shop", "reviews"),
+        id("shop", "ratings"),
+    );
+    assert!(manager.set_wanted([a.clone()]).is_empty());
+    let first = manager.client_config(&a, &b).unwrap();
+    // Built once per (source, destination identity), not per dial.
+    assert!(Arc::ptr_eq(&first, &manager.client_config(&a, &b).unwrap()));
+    assert!(!Arc::ptr_eq(
+        &first,
+        &manager.client_config(&a, &c).unwrap()
+    ));
+
+    // A new trust bundle: the next dial verifies with it.
+    let mut both = roots.clone();
+    both.extend(other.roots());
+    manager.set_roots(both).unwrap();
+    let after_roots = manager.client_config(&a, &b).unwrap();
+    assert!(!Arc::ptr_eq(&first, &after_roots));
+    assert!(Arc::ptr_eq(
+        &after_roots,
+        &manager.client_config(&a, &b).unwrap()
+    ));
+
+    // A renewal (at half of 2 s): the next dial presents the new certificate.
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(manager.clone().run_renewals(stop.clone()));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.cancel();
+    assert!(!Arc::ptr_eq(
+        &after_roots,
+        &manager.client_config(&a, &b).unwrap()
+    ));
+}
