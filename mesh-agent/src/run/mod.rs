@@ -31,6 +31,7 @@ use crate::proxy::{ProxyConfig, Shared};
 use crate::{admin, telemetry};
 
 pub fn main(args: RunArgs) -> Result<()> {
+    memory::limit_arenas(); // before the runtime's threads
     args.init_logging()?;
     let open_files = raise_fd_limit(args.max_open_files);
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
