@@ -31,6 +31,8 @@ const SETTLE: Duration = Duration::from_secs(6);
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Usage {
     pub rss_bytes: u64,
+    /// Of which file-backed: mostly the binary's code pages.
+    pub rss_file_bytes: u64,
     pub fds: u64,
     pub threads: u64,
 }
@@ -65,8 +67,9 @@ impl Figures {
         let mut md = format!(
             "\n## Idle connections\n\n{} idle L4 connections (mTLS) from a meshed client \
              to a meshed server, each having echoed one byte; both agents, read after \
-             {} s.\n\n| agent | RSS MB before | after | descriptors before | after | \
-             threads before | after |\n|---|---:|---:|---:|---:|---:|---:|\n",
+             {} s (RSS file-backed: mostly the binary's code).\n\n| agent | RSS MB before | \
+             after | of which file-backed (after) | descriptors before | after | \
+             threads before | after |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
             self.conns,
             SETTLE.as_secs()
         );
@@ -77,9 +80,10 @@ impl Figures {
                 .unwrap_or("agent");
             let _ = writeln!(
                 md,
-                "| {name} | {:.1} | {:.1} | {} | {} | {} | {} |",
+                "| {name} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} |",
                 b.rss_bytes as f64 / 1e6,
                 a.rss_bytes as f64 / 1e6,
+                a.rss_file_bytes as f64 / 1e6,
                 b.fds,
                 a.fds,
                 b.threads,
@@ -138,6 +142,7 @@ fn usage(pids: &[u32]) -> Result<Vec<Usage>> {
             };
             Ok(Usage {
                 rss_bytes: procs::rss_bytes(&[pid])?,
+                rss_file_bytes: field("RssFile:").unwrap_or(0) * 1024,
                 fds,
                 threads: field("Threads:").unwrap_or(0),
             })
@@ -219,6 +224,7 @@ mod tests {
     fn usage(mb: u64, fds: u64) -> Usage {
         Usage {
             rss_bytes: mb << 20,
+            rss_file_bytes: 0,
             fds,
             threads: 3,
         }
@@ -242,7 +248,7 @@ mod tests {
         let (md, failed) = f.render();
         assert!(md.contains("- PASS  ≤ 24 KiB per idle connection"), "{md}");
         assert!(
-            md.contains("| source (node-a) | 10.5 | 62.9 | 50 | 20050 |"),
+            md.contains("| source (node-a) | 10.5 | 62.9 | 0.0 | 50 | 20050 |"),
             "{md}"
         );
         assert_eq!(failed, ["≤ 1.05 descriptors per proxied socket"]);
