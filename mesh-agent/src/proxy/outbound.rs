@@ -204,8 +204,11 @@ async fn handle<C: OutboundContext>(
                     return reset(client);
                 }
             };
+            // Moved into the stream: the read buffer is not held for the
+            // connection's life (docs/architecture.md, "Limits").
+            let early_len = early.len() as u64;
             let opened = pool
-                .connect_early(&pool_key, target, early.clone(), || {
+                .connect_early(&pool_key, target, early, || {
                     ctx.connect_tunnel(tunnel_addr, &pool_key)
                 })
                 .await;
@@ -219,7 +222,7 @@ async fn handle<C: OutboundContext>(
             };
             debug!(pod = pod.name(), %peer, %tunnel_addr, %target, "outbound via tunnel");
             let mut conn = metrics.connection(&labels);
-            conn.on_bytes(Direction::AToB, early.len() as u64);
+            conn.on_bytes(Direction::AToB, early_len);
             bridge(
                 &mut client,
                 &mut stream,
@@ -247,7 +250,8 @@ fn read_early(client: &TcpStream) -> io::Result<Bytes> {
         Ok(n) => {
             // SAFETY: recv initialised the first n bytes of the spare capacity.
             unsafe { buf.set_len(n) };
-            Ok(buf.freeze())
+            // Just the bytes: h2 may hold them until the stream is written.
+            Ok(Bytes::copy_from_slice(&buf))
         }
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Bytes::new()),
         Err(e) => Err(e),
