@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! <bpffs-dir>/v<N>/maps/<MAP_NAME>
+//! <bpffs-dir>/v<N>/maps/FAST_PATH_SOCKETS     (sk_msg attached to the map itself)
 //! <bpffs-dir>/v<N>/progs/sk_lookup           (attached per pod netns)
 //! <bpffs-dir>/v<N>/links/<program>           (cgroup attachments)
 //! <bpffs-dir>/v<N>/links/sk_lookup-<netns cookie>
@@ -10,7 +11,8 @@
 //! layouts this agent cannot use, so it refuses to start over them (the first
 //! agents pinned straight under `<bpffs-dir>`: version 1). Pinned links keep
 //! capture running while the agent restarts; removing a link's pin (and
-//! dropping every fd) detaches it.
+//! dropping every fd) detaches it. Version 3 added the fast path's maps and
+//! `InboundConfig::netns_cookie`.
 
 use std::path::{Path, PathBuf};
 
