@@ -4,7 +4,12 @@
 
 pub mod discover;
 mod handle;
+pub mod routing;
 mod sockets;
+pub mod transparent;
 
 pub use handle::Netns;
 pub use sockets::{bind_listener, connect_marked, netns_cookie};
+pub use transparent::{
+    Prepared, ReplyRoutes, SourcePorts, TransparentError, app_source, connect_transparent,
+};

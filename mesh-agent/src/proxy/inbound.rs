@@ -1,6 +1,6 @@
 //! The inbound listeners of a pod: the tunnel (`15008`, HTTP/2 CONNECT) and
 //! plaintext (`15006`, what `sk_lookup` steers there). Both forward to the app
-//! through the agent's `Dialer`.
+//! through the agent's `Dialer`, on behalf of the client's address.
 
 use std::future::Future;
 use std::io;
@@ -18,7 +18,7 @@ use super::copy::{CopyObserver, CopyResult, Direction};
 use super::http::inbound::{self as http_inbound, Served};
 use super::pod::{ConnectionPermit, PodConnections};
 use super::tunnel::{PeerCertificate, Refusal, StreamHandler, serve_connection_until};
-use super::{Dialer, Shared, bridge, dial, reset};
+use super::{Dialer, Shared, bridge, dial_app, reset};
 use crate::policy::{AdmissionGuard, Inbound, RequestAttrs};
 use crate::telemetry::{
     ConnectionLabels, ConnectionMetrics, Metrics, RefuseReason, RequestProtocol, RequestRecord,
@@ -119,6 +119,7 @@ pub async fn run_inbound_tunnel<C: InboundContext>(
             };
             let expires = io.peer_not_after();
             let cancel = pod.connections_token().clone();
+            let peer_info = PeerAt { info: peer_info, addr: peer };
             let served =
                 serve_connection_until(io, peer_info, handler, &config.tunnel, &config.copy, cancel, expires).await;
             if let Err(e) = served {
@@ -128,6 +129,14 @@ pub async fn run_inbound_tunnel<C: InboundContext>(
         }
     })
     .await;
+}
+
+/// A tunnel peer as the context knows it, and the address it connected from:
+/// the client address the app is dialled with (docs/architecture.md,
+/// "Keeping the client's address").
+struct PeerAt<P> {
+    info: P,
+    addr: SocketAddr,
 }
 
 struct TunnelHandler<C> {
@@ -216,27 +225,28 @@ fn request_reporter(
     }
 }
 
-impl<C: InboundContext> StreamHandler<C::Peer> for TunnelHandler<C> {
+impl<C: InboundContext> StreamHandler<PeerAt<C::Peer>> for TunnelHandler<C> {
     type Upstream = AppSide;
     type Session = StreamSession;
 
     async fn open(
         &self,
         target: SocketAddr,
-        peer: &C::Peer,
+        peer: &PeerAt<C::Peer>,
     ) -> Result<(AppSide, StreamSession), Refusal> {
         let metrics = &self.shared.metrics;
         let Some(permit) = self.pod.try_acquire() else {
             metrics.refused(RefuseReason::Limit);
             return Err(Refusal::unavailable("pod connection limit reached"));
         };
-        let admission = self.ctx.authorize(peer, target).inspect_err(|r| {
+        let admission = self.ctx.authorize(&peer.info, target).inspect_err(|r| {
             metrics.refused(RefuseReason::Policy);
             debug!(pod = self.pod.name(), %target, refusal = %r, "tunnel stream not authorized");
         })?;
-        let upstream = dial(
+        let upstream = dial_app(
             self.ctx.dialer(),
             target,
+            peer.addr,
             self.shared.config.connect_timeout,
         )
         .await
@@ -323,7 +333,8 @@ async fn plaintext<C: InboundContext>(
         debug!(pod = pod.name(), %peer, %local, "node connection budget spent, refusing");
         return reset(client);
     }
-    let upstream = match dial(ctx.dialer(), local, shared.config.connect_timeout).await {
+    let dialled = dial_app(ctx.dialer(), local, peer, shared.config.connect_timeout);
+    let upstream = match dialled.await {
         Ok(s) => s,
         Err(e) => {
             metrics.refused(RefuseReason::UpstreamConnect);

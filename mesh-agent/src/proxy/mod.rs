@@ -38,6 +38,18 @@ pub use tunnel::{Pool, Refusal, TunnelConfig, TunnelError};
 /// kernel programs never steer it back into the agent.
 pub trait Dialer: Send + Sync + 'static {
     fn connect(&self, addr: SocketAddr) -> impl Future<Output = io::Result<TcpStream>> + Send;
+
+    /// Connects to the app at `addr` so that it sees `client`'s IP as the
+    /// peer (docs/architecture.md, "Keeping the client's address"). A dialer
+    /// that cannot, or a client it must not pose as, connects as `connect` does.
+    fn connect_as(
+        &self,
+        addr: SocketAddr,
+        client: SocketAddr,
+    ) -> impl Future<Output = io::Result<TcpStream>> + Send {
+        let _ = client;
+        self.connect(addr)
+    }
 }
 
 /// Data-path settings shared by every pod.
@@ -91,6 +103,20 @@ pub struct Shared {
 /// Dials `addr` within the configured connect timeout.
 async fn dial<D: Dialer>(dialer: &D, addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
     match tokio::time::timeout(timeout, dialer.connect(addr)).await {
+        Ok(res) => res,
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+    }
+}
+
+/// Dials the app at `addr` on behalf of `client` within the configured
+/// connect timeout.
+async fn dial_app<D: Dialer>(
+    dialer: &D,
+    addr: SocketAddr,
+    client: SocketAddr,
+    timeout: Duration,
+) -> io::Result<TcpStream> {
+    match tokio::time::timeout(timeout, dialer.connect_as(addr, client)).await {
         Ok(res) => res,
         Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
     }

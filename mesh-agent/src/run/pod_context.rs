@@ -11,12 +11,16 @@ use aya::maps::{HashMap, MapData};
 use mesh_common::{OrigDst, PortKey};
 use tokio::net::TcpStream;
 use tokio_util::either::Either;
+use tracing::{debug, warn};
 
 use super::http_plan::{Client, http_service, plan_request};
 use super::resolve::{PoolKey, resolve};
 use crate::ebpf::{orig_dst_to_socket_addr, port_key};
 use crate::identity::{CertManager, SpiffeId, tls};
-use crate::netns::{Netns, connect_marked};
+use crate::netns::{
+    Netns, Prepared, ReplyRoutes, SourcePorts, TransparentError, app_source, connect_marked,
+    connect_transparent,
+};
 use crate::policy::AdmittedConnections;
 use crate::proxy::http::{HttpService, Plan};
 use crate::proxy::{Dialer, OutboundContext, Route};
@@ -24,14 +28,77 @@ use crate::routing::{RequestHead, RoundRobin};
 use crate::state::{StateHandle, Workload};
 use crate::telemetry::{Metrics, SecurityPolicy};
 
-/// Connects from inside a pod's netns, with the agent mark.
+/// Connects from inside a pod's netns, with the agent mark; to the pod's app on
+/// behalf of a client, with the client's address (docs/architecture.md,
+/// "Keeping the client's address").
 pub struct NetnsDialer {
     pub netns: Netns,
+    /// The pod's own addresses: a client among them is dialled as before.
+    pod_ips: Vec<IpAddr>,
+    replies: ReplyRoutes,
+    ports: SourcePorts,
+    metrics: Arc<Metrics>,
+}
+
+impl NetnsDialer {
+    pub fn new(netns: Netns, pod_ips: Vec<IpAddr>, metrics: Arc<Metrics>) -> Self {
+        NetnsDialer {
+            replies: ReplyRoutes::new(netns.clone()),
+            ports: SourcePorts::starting_at(rand::random()),
+            netns,
+            pod_ips,
+            metrics,
+        }
+    }
+
+    /// Removes the pod's reply rules: it leaves the mesh, and its app's replies
+    /// must leave by its own interface again.
+    pub fn release_client_address(&self) {
+        match self.replies.remove() {
+            Ok(0) => {}
+            Ok(n) => debug!(netns = %self.netns.path().display(), rules = n, "reply rules removed"),
+            Err(e) => {
+                warn!(netns = %self.netns.path().display(), error = %e, "cannot remove the reply rules")
+            }
+        }
+    }
+
+    async fn fallback(&self, addr: SocketAddr, reason: &'static str) -> io::Result<TcpStream> {
+        self.metrics.client_address_fallback(reason);
+        connect_marked(&self.netns, addr).await
+    }
 }
 
 impl Dialer for NetnsDialer {
     async fn connect(&self, addr: SocketAddr) -> io::Result<TcpStream> {
         connect_marked(&self.netns, addr).await
+    }
+
+    async fn connect_as(&self, addr: SocketAddr, client: SocketAddr) -> io::Result<TcpStream> {
+        let Some(source) = app_source(client.ip(), addr, &self.pod_ips) else {
+            return connect_marked(&self.netns, addr).await;
+        };
+        // Never a broken connection: without the reply routes or the socket,
+        // dial as before (the app sees the pod's address), warn once a while.
+        match self.replies.prepare(addr) {
+            Prepared::Ready => {}
+            Prepared::FailedNow(e) => {
+                warn!(app = %addr, error = %e, "cannot set up the reply routes; the app sees its own address as the client");
+                return self.fallback(addr, "routes").await;
+            }
+            Prepared::FailedBefore => return self.fallback(addr, "routes").await,
+        }
+        let client = SocketAddr::new(source, client.port());
+        match connect_transparent(&self.netns, &self.ports, client, addr).await {
+            Ok(stream) => Ok(stream),
+            Err(TransparentError::Connect(e)) => Err(e),
+            Err(TransparentError::Socket(e)) => {
+                if self.replies.failed(addr) {
+                    warn!(app = %addr, error = %e, "cannot dial with the client's address; the app sees its own address as the client");
+                }
+                self.fallback(addr, "socket").await
+            }
+        }
     }
 }
 

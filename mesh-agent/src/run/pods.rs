@@ -473,9 +473,11 @@ impl PodManager {
         let ctx = Arc::new(PodContext {
             workload: workload.clone(),
             netns_cookie: cookie,
-            dialer: NetnsDialer {
-                netns: sockets.netns.clone(),
-            },
+            dialer: NetnsDialer::new(
+                sockets.netns.clone(),
+                workload.ips.clone(),
+                self.shared.metrics.clone(),
+            ),
             state: self.state.clone(),
             orig_dst: self.orig_dst.clone(),
             node_addr,
@@ -569,6 +571,7 @@ impl PodManager {
     fn release(&mut self, pod: &EnrolledPod) -> Result<()> {
         pod.connections.close_all();
         pod.pool.close_all();
+        pod.ctx.dialer.release_client_address();
         self.programs.unenrol(pod.netns_cookie, &pod.ips)
     }
 

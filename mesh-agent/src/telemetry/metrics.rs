@@ -129,6 +129,7 @@ pub struct Metrics {
     config_rejected: IntCounterVec,
     state_generation: IntGauge,
     refused: IntCounterVec,
+    client_address_fallback: IntCounterVec,
     revoked: IntCounter,
     pool_connections: IntGauge,
     enrolled_pods: IntGauge,
@@ -198,6 +199,14 @@ impl Metrics {
             &["reason"],
         )?;
         registry.register(Box::new(refused.clone()))?;
+        let client_address_fallback = IntCounterVec::new(
+            Opts::new(
+                "weft_client_address_fallbacks_total",
+                "Connections to an app dialled from the pod's own address because the client's could not be kept, by reason",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(client_address_fallback.clone()))?;
         let revoked = IntCounter::new(
             "weft_connections_revoked_total",
             "Open connections closed because a policy change denies them",
@@ -234,6 +243,7 @@ impl Metrics {
             config_rejected,
             state_generation,
             refused,
+            client_address_fallback,
             revoked,
             pool_connections,
             enrolled_pods,
@@ -306,6 +316,14 @@ impl Metrics {
 
     pub fn refused(&self, reason: RefuseReason) {
         self.refused.with_label_values(&[reason.as_str()]).inc();
+    }
+
+    /// `weft_client_address_fallbacks_total{reason}` (docs/architecture.md,
+    /// "Keeping the client's address").
+    pub fn client_address_fallback(&self, reason: &str) {
+        self.client_address_fallback
+            .with_label_values(&[reason])
+            .inc();
     }
 
     /// An open connection closed because policy now denies it.
