@@ -311,3 +311,26 @@ fn with_the_fast_path_off_nothing_takes_it() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn http_requests_get_their_answers_through_the_fast_path() -> Result<()> {
+    let mesh = MeshLab::start_with(&["--fast-path=on", "--worker-threads", "1"])?;
+    let mut server = mesh
+        .pod(SERVER_POD)?
+        .command(&load_binary()?.to_string_lossy());
+    server.args(["http", "8088"]).stdout(Stdio::null());
+    mesh.lab.spawn(server)?;
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..20 {
+        let out = mesh
+            .pod(CLIENT)?
+            .command("curl")
+            .args(["-s", "-o", "/dev/null", "-o", "/dev/null"])
+            .args(["-w", "%{http_code}", "-m", "5"])
+            .args(["http://10.88.2.11:8088/", "http://10.88.2.11:8088/"])
+            .output()?;
+        let codes = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(codes, "200200", "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
