@@ -110,9 +110,33 @@ pub fn of(rows: &[Row]) -> Vec<Budget> {
     out
 }
 
+/// Issue 15's new-connections budget: this many per second to one app port,
+/// for this long, with no error and no sysctl changed (new_conns.rs).
+pub const NEW_CONNS_PER_SEC: u64 = 1_000;
+pub const NEW_CONNS_SECS: u64 = 120;
+
+/// Met (`Some(true)`) when the run held the budget's rate (within 2 %: the
+/// last connections finish after the last slot) for its whole time without
+/// an error; `None` for a run shorter or slower than the budget asks.
+pub fn new_connections_met(target: u64, secs: u64, per_sec: f64, errors: u64) -> Option<bool> {
+    if target < NEW_CONNS_PER_SEC || secs < NEW_CONNS_SECS {
+        return None;
+    }
+    Some(errors == 0 && per_sec >= 0.98 * NEW_CONNS_PER_SEC as f64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn new_connections_need_the_rate_the_time_and_no_error() {
+        assert_eq!(new_connections_met(1000, 120, 999.0, 0), Some(true));
+        assert_eq!(new_connections_met(1000, 120, 999.0, 1), Some(false));
+        assert_eq!(new_connections_met(1000, 120, 700.0, 0), Some(false));
+        assert_eq!(new_connections_met(1000, 5, 1000.0, 0), None);
+        assert_eq!(new_connections_met(500, 120, 500.0, 0), None);
+    }
 
     fn figures(req: f64, cpu: f64, added: f64, bulk: f64, per_gb: f64) -> Figures {
         Figures {

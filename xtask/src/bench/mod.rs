@@ -14,6 +14,8 @@
 //!   `target/bench/report.md` and printed.
 //! - Idle connections (idle_conns.rs): what one costs both agents in memory
 //!   and descriptors, at 10,000.
+//! - New connections (new_conns.rs): 1,000 per second to one app port for
+//!   120 s, paced, in pods with no sysctl changed.
 
 mod budgets;
 mod compare;
@@ -24,6 +26,7 @@ mod h2load;
 mod http;
 mod idle_conns;
 mod l7_service;
+mod new_conns;
 mod procs;
 mod report;
 
@@ -85,6 +88,16 @@ pub struct BenchArgs {
     /// (idle_conns.rs; 0 skips; not with `--l7-only`).
     #[arg(long, default_value_t = 10_000)]
     idle_conns: u64,
+    /// New connections per second to one app port (new_conns.rs; 0 skips;
+    /// not with `--l7-only`).
+    #[arg(long, default_value_t = 1_000)]
+    new_conns_rate: u64,
+    /// Seconds of the paced new connections (the budget asks for 120).
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
+    new_conns_secs: u64,
+    /// Only the new-connections measurement.
+    #[arg(long, conflicts_with_all = ["envoy_only", "l7_only", "data_path_only", "idle_only"])]
+    new_conns_only: bool,
     /// Only the idle-connections measurement.
     #[arg(long, conflicts_with_all = ["envoy_only", "l7_only", "data_path_only"])]
     idle_only: bool,
@@ -104,7 +117,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         release_binaries()?;
         return crate::bench_kube::run();
     }
-    let comparison_only = args.envoy_only || args.l7_only || args.idle_only;
+    let comparison_only = args.envoy_only || args.l7_only || args.idle_only || args.new_conns_only;
     if !args.data_path_only && !comparison_only {
         step(
             "state: snapshot of 10k Services, 100k Pods, 10k HTTPRoutes",
@@ -119,7 +132,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         failed.extend(data_path::print_report(&figures));
     }
     let mut report = String::new();
-    if !args.no_envoy && !args.idle_only {
+    if !args.no_envoy && !args.idle_only && !args.new_conns_only {
         let (compared, over) = compare::run(&compare::Options {
             setup: report::Setup {
                 reps,
@@ -133,12 +146,21 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         report.push_str(&compared);
         failed.extend(over);
     }
-    if args.idle_conns > 0 && !args.l7_only {
+    if args.idle_conns > 0 && !args.l7_only && !args.new_conns_only {
         let workers = args.workers.to_string();
         let mut flags = vec!["--worker-threads", workers.as_str()];
         flags.extend(args.agent_args.iter().map(String::as_str));
         let (idle, over) = idle_conns::measure(args.idle_conns, &flags)?.render();
         report.push_str(&idle);
+        failed.extend(over);
+    }
+    if args.new_conns_rate > 0 && !args.l7_only && !args.idle_only {
+        let workers = args.workers.to_string();
+        let mut flags = vec!["--worker-threads", workers.as_str()];
+        flags.extend(args.agent_args.iter().map(String::as_str));
+        let figures = new_conns::measure(args.new_conns_rate, args.new_conns_secs, &flags)?;
+        let (section, over) = figures.render();
+        report.push_str(&section);
         failed.extend(over);
     }
     if !report.is_empty() {

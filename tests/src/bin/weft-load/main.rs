@@ -11,7 +11,8 @@
 //! - `rr ADDR --conns N --secs S --size B`: N connections, each sending B bytes
 //!   and waiting for the B-byte echo, back to back; latency percentiles.
 //! - `connect ADDR --secs S --conns N`: new connection + one 1-byte echo each;
-//!   rate and latency percentiles.
+//!   rate and latency percentiles. With `--rate R`: paced at R per second,
+//!   errors counted instead of ending the run (`paced.rs`).
 //! - `bulk ADDR --mib M`: one connection streaming M MiB to a sink.
 //! - `ping ADDR`: one connection; prints the peer our socket reports
 //!   (getpeername) and the address the echo server saw us come from.
@@ -37,6 +38,7 @@ use std::time::{Duration, Instant};
 
 mod http_echo;
 mod idle;
+mod paced;
 mod transfer;
 
 fn main() {
@@ -396,6 +398,9 @@ fn request_response(args: &[String]) -> Result<()> {
 }
 
 fn connect_rate(args: &[String]) -> Result<()> {
+    if args.iter().any(|a| a == "--rate") {
+        return paced::run(args);
+    }
     let addr = positional(args)?.to_string();
     let (conns, secs) = (flag(args, "--conns", 4)?, flag(args, "--secs", 3)?);
     let deadline = Instant::now() + Duration::from_secs(secs);
