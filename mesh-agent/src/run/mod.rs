@@ -35,9 +35,7 @@ pub fn main(args: RunArgs) -> Result<()> {
     args.init_logging()?;
     let open_files = raise_fd_limit(args.max_open_files);
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if args.worker_threads > 0 {
-        runtime.worker_threads(args.worker_threads);
-    }
+    runtime.worker_threads(args.worker_threads());
     let runtime = runtime
         .enable_all()
         .thread_name("weft-worker")
