@@ -13,12 +13,10 @@
 //! Run: `cargo bench -p mesh-agent --bench state_build`.
 
 use std::{
-    alloc::{GlobalAlloc, Layout, System},
     collections::BTreeMap,
     hint::black_box,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     process::ExitCode,
-    sync::atomic::{AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
@@ -40,33 +38,11 @@ use mesh_agent::{
     state::{ObjectKey, build},
 };
 
-/// Counts live heap bytes and their high-water mark.
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards to the system allocator unchanged; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: same contract as the caller's.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(now, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-}
+#[path = "support/counting_alloc.rs"]
+mod counting_alloc;
 
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: counting_alloc::Counting = counting_alloc::Counting;
 
 fn mb(bytes: usize) -> usize {
     bytes >> 20
@@ -262,14 +238,14 @@ fn main() -> ExitCode {
         peak_rss_mb()
     );
 
-    let fixture = LIVE.load(Ordering::Relaxed);
-    PEAK.store(fixture, Ordering::Relaxed);
+    let fixture = counting_alloc::live();
+    counting_alloc::reset_peak();
     let t = Instant::now();
     let snap = build(&set);
     let build_time = t.elapsed();
     let peak = peak_rss_mb();
-    let state_peak = PEAK.load(Ordering::Relaxed) - fixture;
-    let state_kept = LIVE.load(Ordering::Relaxed) - fixture;
+    let state_peak = counting_alloc::peak() - fixture;
+    let state_kept = counting_alloc::live() - fixture;
     let endpoints: usize = snap
         .data()
         .endpoints

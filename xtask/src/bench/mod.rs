@@ -8,6 +8,9 @@
 //!   tool against the same kind of server across nodes, directly and through
 //!   both agents with the tunnel in plaintext, in mTLS, and in mTLS with a new
 //!   TLS connection per stream.
+//! - At scale (scale.rs, `--scale`): unit costs of the cluster source, watch
+//!   events, the CA and the kernel maps at growing cluster sizes, and the
+//!   idle-connection figures, extrapolated to a node and a 5,000-node cluster.
 //! - Weft against Envoy (compare.rs): wrk (HTTP/1.1) and h2load (h2c) over
 //!   direct, Weft L4, Weft L7 (a Service port declared HTTP), an Envoy L4
 //!   pair and an Envoy L7 pair; the report is written to
@@ -29,6 +32,7 @@ mod l7_service;
 mod new_conns;
 mod procs;
 mod report;
+mod scale;
 
 use std::process::Stdio;
 
@@ -104,6 +108,15 @@ pub struct BenchArgs {
     /// An extra flag for every agent on every path (repeatable), to compare settings.
     #[arg(long = "agent-arg", allow_hyphen_values = true)]
     agent_args: Vec<String>,
+    /// Only the scale model: unit costs (no lab) and the idle connections
+    /// (`--idle-conns`, 0 skips), extrapolated to 100 pods × 1,000
+    /// connections per node and 5,000 nodes × 100,000 pods (scale.rs,
+    /// docs/performance.md "At scale").
+    #[arg(long)]
+    scale: bool,
+    /// Pod starts per second cluster-wide (and as many stops) in the scale model.
+    #[arg(long, default_value_t = 10.0)]
+    churn: f64,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -116,6 +129,24 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if let Some(BenchWhat::Kube) = args.what {
         release_binaries()?;
         return crate::bench_kube::run();
+    }
+    if args.scale {
+        let units = scale::measure()?;
+        let conn = if args.idle_conns > 0 {
+            release_binaries()?;
+            let workers = args.workers.to_string();
+            let mut flags = vec!["--worker-threads", workers.as_str()];
+            flags.extend(args.agent_args.iter().map(String::as_str));
+            let f = idle_conns::measure(args.idle_conns, &flags)?;
+            Some(scale::PerConnection {
+                kib: f.kib_per_conn(),
+                fds_per_socket: f.fds_per_socket(),
+                measured_at: args.idle_conns,
+            })
+        } else {
+            None
+        };
+        return scale::report(&units, args.churn, conn);
     }
     let comparison_only = args.envoy_only || args.l7_only || args.idle_only || args.new_conns_only;
     if !args.data_path_only && !comparison_only {
