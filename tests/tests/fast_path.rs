@@ -334,3 +334,49 @@ fn http_requests_get_their_answers_through_the_fast_path() -> Result<()> {
     }
     Ok(())
 }
+
+/// Holds `n` idle connections from the client pod to `addr` while `check` runs.
+fn while_held(
+    mesh: &MeshLab,
+    addr: &str,
+    n: u32,
+    check: impl FnOnce() -> Result<()>,
+) -> Result<()> {
+    use std::io::BufRead;
+    let mut idle = mesh.pod(CLIENT)?.command(&load_binary()?.to_string_lossy());
+    idle.args(["idle", addr, "--conns", &n.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    let mut idle = idle.spawn()?;
+    let mut out = std::io::BufReader::new(idle.stdout.take().context("stdout")?);
+    let mut line = String::new();
+    out.read_line(&mut line)?;
+    assert!(line.contains(&format!("\"open\":{n}")), "{line}");
+    let checked = check();
+    drop(idle.stdin.take());
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut out, &mut rest);
+    idle.wait()?;
+    checked
+}
+
+#[test]
+fn only_app_agent_pairs_enter_the_map() -> Result<()> {
+    let mesh = MeshLab::start_with(ON)?;
+    // Meshed → meshed across nodes: the app's socket and the agent's accepted
+    // one on node-a, the agent's dial and the app's accepted one on node-b;
+    // the tunnel between the agents stays out.
+    while_held(&mesh, ECHO, 10, || {
+        assert_eq!(sockets_in_map(&mesh, "node-a")?, 20);
+        assert_eq!(sockets_in_map(&mesh, "node-b")?, 20);
+        Ok(())
+    })?;
+    // Meshed → unmeshed (legacy/inventory-1 on node-b): only the source side;
+    // the agent's direct dial to another pod stays out.
+    while_held(&mesh, "10.88.2.13:8000", 10, || {
+        assert_eq!(sockets_in_map(&mesh, "node-a")?, 20);
+        assert_eq!(sockets_in_map(&mesh, "node-b")?, 0);
+        Ok(())
+    })?;
+    Ok(())
+}
