@@ -235,3 +235,13 @@ fn over_ipv6_the_app_sees_the_client_pods_ipv6_address() -> Result<()> {
     assert_eq!(reply_rules(server, "-6")?.len(), 2);
     Ok(())
 }
+
+#[test]
+fn with_client_address_off_the_app_sees_its_own_address_and_no_rule_is_set() -> Result<()> {
+    let mesh = MeshLab::start_with(&["--client-address", "off"])?;
+    let server = mesh.pod(SERVER_POD)?;
+    spawn_python(&mesh.lab, server, PEER_SERVER, &[&PORT.to_string()])?;
+    assert_eq!(seen_from(mesh.pod(MESHED)?, &url(SERVER_IP))?, SERVER_IP);
+    assert!(reply_rules(server, "-4")?.is_empty());
+    Ok(())
+}

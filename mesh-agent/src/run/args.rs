@@ -96,6 +96,10 @@ pub struct RunArgs {
     /// (docs/architecture.md, "Kernel programs").
     #[arg(long, value_enum, default_value_t = FastPath::Off)]
     pub fast_path: FastPath,
+    /// Dial apps with the client's address as the source (docs/architecture.md,
+    /// "Keeping the client's address"); `off`: from the pod's own address.
+    #[arg(long, value_enum, default_value_t = ClientAddress::On)]
+    pub client_address: ClientAddress,
     /// Threads of the data path's async runtime (0: half the CPUs, at least
     /// one; see `default_worker_threads`).
     #[arg(long, default_value_t = 0)]
@@ -128,6 +132,12 @@ impl KernelLogLevel {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum FastPath {
+    On,
+    Off,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ClientAddress {
     On,
     Off,
 }

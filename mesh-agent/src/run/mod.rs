@@ -122,7 +122,8 @@ async fn run(args: RunArgs, open_files: u64) -> Result<()> {
         certs,
         ready.clone(),
     )?
-    .with_failing_pods(failing);
+    .with_failing_pods(failing)
+    .with_client_address(args.client_address == args::ClientAddress::On);
     if args.kube {
         pods = pods.with_node_pods(node_pods::NodePods::new(&cgroup)?);
     }

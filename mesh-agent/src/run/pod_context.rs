@@ -38,6 +38,8 @@ pub struct NetnsDialer {
     replies: ReplyRoutes,
     ports: SourcePorts,
     metrics: Arc<Metrics>,
+    /// `--client-address off`: every dial from the pod's own address.
+    keep_client: bool,
 }
 
 impl NetnsDialer {
@@ -48,7 +50,13 @@ impl NetnsDialer {
             netns,
             pod_ips,
             metrics,
+            keep_client: true,
         }
+    }
+
+    pub fn keeping_client_address(mut self, keep: bool) -> Self {
+        self.keep_client = keep;
+        self
     }
 
     /// Removes the pod's reply rules: it leaves the mesh, and its app's replies
@@ -75,7 +83,8 @@ impl Dialer for NetnsDialer {
     }
 
     async fn connect_as(&self, addr: SocketAddr, client: SocketAddr) -> io::Result<TcpStream> {
-        let Some(source) = app_source(client.ip(), addr, &self.pod_ips) else {
+        let source = app_source(client.ip(), addr, &self.pod_ips).filter(|_| self.keep_client);
+        let Some(source) = source else {
             return connect_marked(&self.netns, addr).await;
         };
         // Never a broken connection: without the reply routes or the socket,

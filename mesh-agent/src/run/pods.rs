@@ -101,6 +101,8 @@ pub struct PodManager {
     reports: Arc<std::sync::RwLock<Vec<NodePodReport>>>,
     /// The agent's own (the node's) netns cookie: never held by the pod gate.
     host_netns_cookie: u64,
+    /// Dial apps with the client's address (`--client-address`).
+    client_address: bool,
 }
 
 impl PodManager {
@@ -141,7 +143,15 @@ impl PodManager {
             host_netns_cookie: Netns::open("/proc/self/ns/net")
                 .and_then(|ns| netns_cookie(&ns))
                 .context("read the node's netns cookie")?,
+            client_address: true,
         })
+    }
+
+    /// `false`: apps are dialled from their pod's own address, as before
+    /// `--client-address` existed.
+    pub fn with_client_address(mut self, keep: bool) -> Self {
+        self.client_address = keep;
+        self
     }
 
     /// Cluster mode: enrol the pods `node_pods` finds, and drive the pod gate.
@@ -477,7 +487,8 @@ impl PodManager {
                 sockets.netns.clone(),
                 workload.ips.clone(),
                 self.shared.metrics.clone(),
-            ),
+            )
+            .keeping_client_address(self.client_address),
             state: self.state.clone(),
             orig_dst: self.orig_dst.clone(),
             node_addr,
