@@ -128,8 +128,10 @@ pub fn measure(rate: u64, secs: u64, flags: &[&str]) -> Result<Figures> {
     }
     let mut figures = Figures::parse(&String::from_utf8_lossy(&out.stdout), secs)?;
     let destination = mesh.metrics("node-b")?;
-    figures.fallbacks = lab::metric_sum(&destination, "weft_client_address_fallbacks_total", &[]);
-    figures.refused = lab::metric_sum(&destination, "weft_connections_refused_total", &[]);
+    // `+ 0.0`: a sum of nothing is -0.0, printed "-0".
+    figures.fallbacks =
+        lab::metric_sum(&destination, "weft_client_address_fallbacks_total", &[]) + 0.0;
+    figures.refused = lab::metric_sum(&destination, "weft_connections_refused_total", &[]) + 0.0;
     Ok(figures)
 }
 
