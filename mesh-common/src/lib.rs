@@ -238,6 +238,59 @@ pub mod pod_verdict {
     pub const CLASSIFIED: u32 = 1;
 }
 
+/// The fast path's choice of sockets (docs/architecture.md, "Kernel programs"):
+/// pure, so it is unit-tested here; `mesh-ebpf/src/fast_path.rs` feeds it what
+/// the socket and the maps say. Only sockets established in an enrolled, open
+/// netns with the fast path on are asked about.
+pub mod fast_path {
+    use super::{AGENT_MARK, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, TUNNEL_PORT};
+
+    /// A socket that connected (active end), as the kernel sees it.
+    #[derive(Clone, Copy, Debug)]
+    pub struct Active {
+        /// The connect program redirected it to the agent: an app's socket.
+        pub redirected: bool,
+        pub mark: u32,
+        pub remote_port: u16,
+        /// The netns of the pod whose IP it connected to (`INBOUND_CONFIG`), if any.
+        pub remote_pod_netns: Option<u64>,
+        /// Its own netns.
+        pub netns: u64,
+    }
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum ActiveVerdict {
+        /// Stays on the normal path.
+        Out,
+        /// Source side: an app's socket to the agent's outbound port.
+        Source,
+        /// Destination side: the agent dialling an app of this very pod;
+        /// recorded so the app's end joins too.
+        Destination,
+    }
+
+    pub fn active(s: &Active) -> ActiveVerdict {
+        if s.redirected {
+            return ActiveVerdict::Source;
+        }
+        let agent_port = matches!(
+            s.remote_port,
+            OUTBOUND_PORT | INBOUND_PLAINTEXT_PORT | TUNNEL_PORT
+        );
+        if s.mark == AGENT_MARK && !agent_port && s.remote_pod_netns == Some(s.netns) {
+            ActiveVerdict::Destination
+        } else {
+            ActiveVerdict::Out
+        }
+    }
+
+    /// An accepted socket (passive end) joins when it is the agent's on the
+    /// netns's outbound port, or the app's accepting a recorded agent dial.
+    pub fn passive(local_port: u16, outbound_port: u16, peer_is_recorded_dial: bool) -> bool {
+        local_port == outbound_port || peer_is_recorded_dial
+    }
+}
+
 /// Indexes into the per-CPU `STATS` array.
 pub mod stats {
     pub const CONNECT_REDIRECTED: u32 = 0;
@@ -310,6 +363,47 @@ mod tests {
         assert_eq!(agent.local_addr, app.remote_addr);
         assert_eq!(agent.peer(), app);
         assert_ne!(agent, app);
+    }
+
+    #[test]
+    fn only_app_and_agent_ends_in_one_pod_join_the_fast_path() {
+        use fast_path::{Active, ActiveVerdict, active, passive};
+        let app = Active {
+            redirected: true,
+            mark: 0,
+            remote_port: OUTBOUND_PORT,
+            remote_pod_netns: None,
+            netns: 7,
+        };
+        assert_eq!(active(&app), ActiveVerdict::Source);
+        let dial = Active {
+            redirected: false,
+            mark: AGENT_MARK,
+            remote_port: 8080,
+            remote_pod_netns: Some(7),
+            netns: 7,
+        };
+        assert_eq!(active(&dial), ActiveVerdict::Destination);
+        let out = |a: Active| assert_eq!(active(&a), ActiveVerdict::Out, "{a:?}");
+        // The agent's tunnel and direct dials to other pods, and its own ports.
+        out(Active {
+            remote_pod_netns: Some(8),
+            ..dial
+        });
+        out(Active {
+            remote_pod_netns: None,
+            ..dial
+        });
+        out(Active {
+            remote_port: TUNNEL_PORT,
+            ..dial
+        });
+        // An app's own socket that was not redirected (excluded port, loopback).
+        out(Active { mark: 0, ..dial });
+        assert!(passive(OUTBOUND_PORT, OUTBOUND_PORT, false));
+        assert!(passive(8080, OUTBOUND_PORT, true));
+        assert!(!passive(8080, OUTBOUND_PORT, false));
+        assert!(!passive(TUNNEL_PORT, OUTBOUND_PORT, false));
     }
 
     #[test]

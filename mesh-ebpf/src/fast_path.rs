@@ -25,8 +25,9 @@ use aya_ebpf::{
     programs::{SkMsgContext, SockOpsContext},
 };
 use mesh_common::{
-    AF_INET6, AGENT_MARK, FAST_PATH_ON, INBOUND_PLAINTEXT_PORT, NetnsConfig, OUTBOUND_PORT,
-    SockKey, TUNNEL_PORT, stats,
+    AF_INET6, FAST_PATH_ON, NetnsConfig, PodIpKey, SockKey,
+    fast_path::{Active, ActiveVerdict, active, passive},
+    stats,
 };
 
 use crate::{INBOUND_CONFIG, count, count_n};
@@ -137,27 +138,29 @@ pub fn on_active(ctx: &SockOpsContext, netns: u64, config: NetnsConfig, redirect
         return false;
     }
     let key = sockops_key(ctx, netns);
-    if redirected {
-        return insert(ctx, &key);
-    }
-    // Destination side: the agent dialling the app at a pod IP of this very netns
-    // (never the agent's own ports).
-    if mark(ctx) != AGENT_MARK || is_agent_port(key.remote_port) {
-        return false;
-    }
-    let pod = mesh_common::PodIpKey {
+    let pod = PodIpKey {
         addr: key.remote_addr,
     };
     // SAFETY: plain value read from the map.
-    match unsafe { INBOUND_CONFIG.get(&pod) } {
-        Some(inbound) if inbound.netns_cookie == netns => {}
-        _ => return false,
+    let remote_pod_netns = unsafe { INBOUND_CONFIG.get(&pod) }.map(|c| c.netns_cookie);
+    let socket = Active {
+        redirected,
+        mark: mark(ctx),
+        remote_port: key.remote_port,
+        remote_pod_netns,
+        netns,
+    };
+    match active(&socket) {
+        ActiveVerdict::Out => false,
+        ActiveVerdict::Source => insert(ctx, &key),
+        ActiveVerdict::Destination => {
+            if !insert(ctx, &key) {
+                return false;
+            }
+            let _ = FAST_PATH_DIALS.insert(&key, &1, 0);
+            true
+        }
     }
-    if !insert(ctx, &key) {
-        return false;
-    }
-    let _ = FAST_PATH_DIALS.insert(&key, &1, 0);
-    true
 }
 
 /// Passive end established in an enrolled (open) netns: the agent's accepted
@@ -168,15 +171,15 @@ pub fn on_passive(ctx: &SockOpsContext, netns: u64, config: NetnsConfig) -> bool
         return false;
     }
     let key = sockops_key(ctx, netns);
-    if key.local_port == config.outbound_port {
-        return insert(ctx, &key);
-    }
     let dial = key.peer();
     // SAFETY: plain lookup in the map.
-    if unsafe { FAST_PATH_DIALS.get(&dial) }.is_none() {
+    let recorded = unsafe { FAST_PATH_DIALS.get(&dial) }.is_some();
+    if !passive(key.local_port, config.outbound_port, recorded) {
         return false;
     }
-    let _ = FAST_PATH_DIALS.remove(&dial);
+    if recorded {
+        let _ = FAST_PATH_DIALS.remove(&dial);
+    }
     insert(ctx, &key)
 }
 
@@ -186,11 +189,6 @@ pub fn on_close(ctx: &SockOpsContext, netns: u64) {
     let key = sockops_key(ctx, netns);
     let _ = FAST_PATH_DIALS.remove(&key);
     let _ = FAST_PATH_FELL_BACK.remove(&key);
-}
-
-#[inline(always)]
-fn is_agent_port(port: u16) -> bool {
-    port == OUTBOUND_PORT || port == INBOUND_PLAINTEXT_PORT || port == TUNNEL_PORT
 }
 
 /// Runs for every send on a socket in `FAST_PATH_SOCKETS`.
