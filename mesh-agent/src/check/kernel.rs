@@ -10,7 +10,9 @@ use mesh_common::program_names as prog;
 use super::report::{Check, Report};
 use crate::ebpf::object::OBJECT;
 
-const MIN_KERNEL: (u32, u32) = (5, 10);
+/// `weft_sk_lookup` reads `ingress_ifindex` (5.17) to leave the agent's own
+/// transparent dials on `lo` alone (docs/architecture.md, "Kernel programs").
+const MIN_KERNEL: (u32, u32) = (5, 17);
 const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
@@ -40,12 +42,12 @@ fn kernel_version() -> Check {
         Some(_) => Check::fail(
             "kernel",
             format!("{release} is older than {}.{}", MIN_KERNEL.0, MIN_KERNEL.1),
-            "run on Linux 5.10 or newer (5.15+ recommended)",
+            "run on Linux 5.17 or newer",
         ),
         None => Check::fail(
             "kernel",
             format!("cannot parse release {release:?}"),
-            "run on Linux 5.10 or newer",
+            "run on Linux 5.17 or newer",
         ),
     }
 }
