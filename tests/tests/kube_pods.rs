@@ -602,8 +602,10 @@ fn a_new_pod_in_a_meshed_namespace_is_captured_from_its_first_connect() -> Resul
         !b_log.contains("plaintext refused"),
         "node b's agent saw plaintext from the client"
     );
-    // The server only ever saw its own agent's sockets (from its own pod IP),
-    // never the client's address.
+    // The server saw every connection come from the client pod's address:
+    // its agent dials it with the client's IP (docs/architecture.md,
+    // "Keeping the client's address"); the counters above show they all
+    // came through the tunnel.
     let served = container_log(&c, ns, "web", "web");
     let clients: BTreeSet<&str> = served
         .lines()
@@ -612,8 +614,8 @@ fn a_new_pod_in_a_meshed_namespace_is_captured_from_its_first_connect() -> Resul
         .collect();
     assert_eq!(
         clients,
-        BTreeSet::from([server_ip.as_str()]),
-        "the server saw {clients:?} (the client is {client_ip})"
+        BTreeSet::from([client_ip.as_str()]),
+        "the server saw {clients:?} (the client is {client_ip}, the server {server_ip})"
     );
     // The kernel counted each refusal (the agent does not export this counter
     // in /metrics; the test reads it from the pinned map).
