@@ -6,7 +6,7 @@
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_rustls::client;
@@ -24,9 +24,18 @@ impl<T> ClientTunnelTls<T> {
     pub fn new(inner: client::TlsStream<T>, own_not_after: Option<SystemTime>) -> Self {
         Self {
             inner,
-            own_not_after,
+            own_not_after: own_not_after.map(whole_seconds),
         }
     }
+}
+
+/// X.509 encodes notAfter in whole seconds, and the server closes the
+/// connection at the notAfter it parsed from our certificate; the in-memory
+/// value keeps the sub-second part, which would retire the connection up to a
+/// second after the server closed it.
+fn whole_seconds(t: SystemTime) -> SystemTime {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    UNIX_EPOCH + Duration::from_secs(secs)
 }
 
 impl<T> PeerCertificate for ClientTunnelTls<T> {
@@ -79,5 +88,19 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ClientTunnelTls<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_after_is_read_as_the_certificate_encodes_it() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_700_000_000_900);
+        assert_eq!(
+            whole_seconds(t),
+            UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+        );
     }
 }
