@@ -60,7 +60,8 @@ pub fn run() -> Result<()> {
     let (peer, seen) = mesh.ping("frontend-7d9f-a", "10.96.1.10:443")?;
     println!("the client's socket says its peer is {peer}: it believes it talks to the Service");
     println!(
-        "the payments server saw the connection come from {seen}: its own agent, through the tunnel"
+        "the payments server saw the connection come from {seen}: the frontend pod's address, \
+         which node-b's agent keeps when it dials the app from the tunnel"
     );
 
     say("a meshed pod calls a pod of the unmeshed legacy namespace on node-b");
