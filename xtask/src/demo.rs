@@ -61,7 +61,7 @@ pub fn run() -> Result<()> {
     println!("the client's socket says its peer is {peer}: it believes it talks to the Service");
     println!(
         "the payments server saw the connection come from {seen}: the frontend pod's address, \
-         which node-b's agent keeps when it dials the app from the tunnel"
+         which the server's agent keeps when it dials the app from the tunnel"
     );
 
     say("a meshed pod calls a pod of the unmeshed legacy namespace on node-b");
