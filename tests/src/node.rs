@@ -37,7 +37,15 @@ impl Node {
             ],
         )?;
         // Pod bridge, with the node's address on it: pods' default gateway.
-        ip_in(ns, &["link", "add", "br0", "type", "bridge"])?;
+        // Its MAC is set, as CNI bridge plugins do: a bridge left to pick its
+        // own takes its lowest port's, so deleting that pod's veth changed the
+        // gateway's MAC under the other pods, whose neighbour entries then sent
+        // into the void until they expired (a stream stalled in `pools`).
+        let mac = format!("02:77:65:66:00:{:02x}", index + 1);
+        ip_in(
+            ns,
+            &["link", "add", "br0", "address", &mac, "type", "bridge"],
+        )?;
         ip_in(
             ns,
             &[
