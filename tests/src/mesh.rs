@@ -42,6 +42,23 @@ impl MeshLab {
                 lab.spawn(cmd)?;
             }
         }
+        Self::with_ca(lab, config)
+    }
+
+    /// The example topology, dual stack, with an agent on every node and no
+    /// servers: IPv6 tests start their own.
+    pub fn dual_stack() -> Result<MeshLab> {
+        let (lab, config) = Lab::from_config_dual_stack(&example_config())?;
+        let mut mesh = Self::with_ca(lab, config)?;
+        let nodes: Vec<String> = mesh.lab.nodes().iter().map(|n| n.name.clone()).collect();
+        for node in nodes {
+            mesh.start_agent(&node)?;
+        }
+        Ok(mesh)
+    }
+
+    /// `lab` and `config` with a fresh CA for the agents, and no agents yet.
+    fn with_ca(lab: Lab, config: LabConfig) -> Result<MeshLab> {
         let ca_dir = lab.run_dir().join("ca");
         let init = std::process::Command::new(crate::agent::agent_binary()?)
             .args(["ca", "init"])

@@ -197,31 +197,9 @@ fn the_app_sees_the_client_pods_address_and_its_own_traffic_is_untouched() -> Re
     Ok(())
 }
 
-/// The example mesh, dual stack, with an agent per node (as in ipv6.rs).
-fn dual_stack_mesh() -> Result<MeshLab> {
-    let (lab, config) = Lab::from_config_dual_stack(&lab::example_config())?;
-    let ca_dir = lab.run_dir().join("ca");
-    let init = std::process::Command::new(lab::agent_binary()?)
-        .args(["ca", "init"])
-        .arg(&ca_dir)
-        .output()?;
-    anyhow::ensure!(init.status.success(), "mesh-agent ca init: {init:?}");
-    let mut mesh = MeshLab {
-        lab,
-        config,
-        agents: Vec::new(),
-        ca_dir,
-        agent_args: Vec::new(),
-    };
-    for node in ["node-a", "node-b"] {
-        mesh.start_agent(node)?;
-    }
-    Ok(mesh)
-}
-
 #[test]
 fn over_ipv6_the_app_sees_the_client_pods_ipv6_address() -> Result<()> {
-    let mesh = dual_stack_mesh()?;
+    let mesh = lab::MeshLab::dual_stack()?;
     let server = mesh.pod(SERVER_POD)?;
     spawn_python(&mesh.lab, server, PEER_SERVER, &[&PORT.to_string()])?;
     let ip6 = |name: &str| -> Result<String> {

@@ -143,31 +143,9 @@ fn ipv6_inbound_is_steered_to_the_agent_ipv6_socket() -> Result<()> {
     Ok(())
 }
 
-/// The example mesh, dual stack, with an agent per node.
-fn dual_stack_mesh() -> Result<lab::MeshLab> {
-    let (lab, config) = Lab::from_config_dual_stack(&lab::example_config())?;
-    let ca_dir = lab.run_dir().join("ca");
-    let init = std::process::Command::new(lab::agent_binary()?)
-        .args(["ca", "init"])
-        .arg(&ca_dir)
-        .output()?;
-    anyhow::ensure!(init.status.success(), "mesh-agent ca init: {init:?}");
-    let mut mesh = lab::MeshLab {
-        lab,
-        config,
-        agents: Vec::new(),
-        ca_dir,
-        agent_args: Vec::new(),
-    };
-    for node in ["node-a", "node-b"] {
-        mesh.start_agent(node)?;
-    }
-    Ok(mesh)
-}
-
 #[test]
 fn strict_pod_over_ipv6_refuses_plaintext_and_serves_the_mesh_through_the_tunnel() -> Result<()> {
-    let mut mesh = dual_stack_mesh()?;
+    let mut mesh = lab::MeshLab::dual_stack()?;
     // payments-6f7c-b: node-a, namespace payments (strict mTLS).
     let payments = mesh.pod("payments-6f7c-b")?;
     let ip6 = payments.ip6.context("dual stack")?;
