@@ -725,15 +725,29 @@ async fn the_client_stops_opening_streams_ahead_of_the_certificates_expiry() {
     let until = std::time::SystemTime::now() + Duration::from_millis(800);
     let (addr, _served) = expiring_server(TunnelConfig::default(), Some(until)).await;
     let (pool, dialer) = pool_to(addr, patient_client());
+    // The replacement goes to a server that lives on: the first one stops
+    // listening at `until`, and a dial that a loaded machine delays past it
+    // would be refused and dialled again.
+    let (replacement, _served2) = expiring_server(TunnelConfig::default(), None).await;
+    let later = std::time::SystemTime::now() + Duration::from_secs(3600);
     let dial = || async {
-        let inner = dialer.dial().await?;
-        Ok(Expiring { inner, until })
+        if dialer.dials.load(Ordering::SeqCst) == 0 {
+            let inner = dialer.dial().await?;
+            return Ok(Expiring { inner, until });
+        }
+        dialer.dials.fetch_add(1, Ordering::SeqCst);
+        let inner = TcpStream::connect(replacement).await?;
+        Ok(Expiring {
+            inner,
+            until: later,
+        })
     };
     let stream = within(pool.connect(&"k", echo, dial)).await.unwrap();
     assert_eq!(roundtrip(stream, b"early").await, b"early");
     // Past the retirement point (a quarter of the 800 ms left ahead of it).
     tokio::time::sleep(Duration::from_millis(650)).await;
-    let _ = tokio::time::timeout(Duration::from_millis(500), pool.connect(&"k", echo, dial)).await;
+    let stream = within(pool.connect(&"k", echo, dial)).await.unwrap();
+    assert_eq!(roundtrip(stream, b"late").await, b"late");
     assert_eq!(
         dialer.dials.load(Ordering::SeqCst),
         2,
