@@ -266,7 +266,15 @@ fn after_an_agent_restart_old_connections_end_and_new_ones_take_the_fast_path() 
     )?;
     assert_eq!(client["down_ok"], true, "{client}");
     assert_eq!(client["down_received"], 16 * MIB, "{client}");
-    let last = reports(&server)?.pop().context("no report")?;
+    // The server reports each connection once both its directions are done,
+    // which may be after the client has finished, and the killed transfer
+    // (which sent nothing up) reports whenever its send fails.
+    let sent_up = |r: &Value| r["up_received"].as_u64().is_some_and(|n| n > 0);
+    wait_for(|| Ok(reports(&server)?.iter().any(sent_up)))?;
+    let last = reports(&server)?
+        .into_iter()
+        .find(sent_up)
+        .context("no report")?;
     assert_eq!(
         (last["up_received"].as_u64(), last["up_ok"].as_bool()),
         (Some(16 * MIB), Some(true)),
