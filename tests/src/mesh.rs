@@ -50,10 +50,7 @@ impl MeshLab {
     pub fn dual_stack() -> Result<MeshLab> {
         let (lab, config) = Lab::from_config_dual_stack(&example_config())?;
         let mut mesh = Self::with_ca(lab, config)?;
-        let nodes: Vec<String> = mesh.lab.nodes().iter().map(|n| n.name.clone()).collect();
-        for node in nodes {
-            mesh.start_agent(&node)?;
-        }
+        mesh.start_agents()?;
         Ok(mesh)
     }
 
@@ -88,11 +85,17 @@ impl MeshLab {
     pub fn start_with(agent_args: &[&str]) -> Result<MeshLab> {
         let mut mesh = Self::without_agents()?;
         mesh.agent_args = agent_args.iter().map(|a| (*a).to_owned()).collect();
-        let nodes: Vec<String> = mesh.lab.nodes().iter().map(|n| n.name.clone()).collect();
-        for node in nodes {
-            mesh.start_agent(&node)?;
-        }
+        mesh.start_agents()?;
         Ok(mesh)
+    }
+
+    /// Starts an agent on every node.
+    fn start_agents(&mut self) -> Result<()> {
+        let nodes: Vec<String> = self.lab.nodes().iter().map(|n| n.name.clone()).collect();
+        for node in nodes {
+            self.start_agent(&node)?;
+        }
+        Ok(())
     }
 
     /// Starts the agent of `node`, killing (`kill -9`) the one running there.
